@@ -1,0 +1,108 @@
+"""The exception hierarchy. Every error bantai raises on purpose is one of these.
+
+Bad input (keys, TTLs, values, options) raises a subclass of both `BantaiError` and
+`ValueError`, before anything is sent to a server. Storage failures raise `StorageError`
+subclasses. Connection problems are redis-py's own `redis.exceptions.ConnectionError` /
+`TimeoutError`, except where their meaning changes (a lost commit reply becomes
+`UpdateOutcomeUnknownError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class BantaiError(Exception):
+    """Base class of every bantai exception."""
+
+
+class InvalidInputError(BantaiError, ValueError):
+    """A key, TTL, value or option was refused before anything was written."""
+
+
+class InvalidKeyError(InvalidInputError):
+    """A key is of the wrong type, empty, too long, or would collide with a lock key."""
+
+
+class InvalidTTLError(InvalidInputError):
+    """A TTL is not a positive number of milliseconds (int) or a positive timedelta."""
+
+
+class InvalidOptionError(InvalidInputError):
+    """An adapter option (or the connection argument) is invalid; the message names it."""
+
+
+class InvalidValueError(InvalidInputError):
+    """A value (passed in, or returned by an updater) does not validate against the schema
+    or cannot be represented as JSON (NaN, Infinity)."""
+
+    def __init__(self, message: str, *, key: str | bytes | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StorageError(BantaiError):
+    """A storage operation failed."""
+
+
+class StoredValueError(StorageError):
+    """The value stored under `key` is not JSON, does not validate against the schema, or is
+    not a string at all (`WrongTypeError`). It is never unpickled or silently dropped."""
+
+    def __init__(self, message: str, *, key: str | bytes) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class WrongTypeError(StoredValueError):
+    """Redis holds a non-string (hash, list, ...) under the key (a WRONGTYPE reply)."""
+
+
+class UnsupportedOperationError(StorageError, TypeError):
+    """The operation does not apply to this schema (e.g. `append` on a non-list schema)."""
+
+
+class LockError(StorageError):
+    """Base class of the distributed-lock errors."""
+
+    def __init__(self, message: str, *, keys: Sequence[str | bytes]) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
+
+
+class LockTimeoutError(LockError):
+    """The lock could not be acquired within `lock_timeout_ms`. The message contains
+    `Failed to acquire lock`, like the TypeScript original's."""
+
+
+class LockLostError(LockError):
+    """At commit time the lock no longer held this call's token (it expired after
+    `lock_ttl_ms` and another client took it). Nothing was written."""
+
+
+class UpdateOutcomeUnknownError(StorageError):
+    """The commit was sent but its reply was lost (timeout, disconnect, cancellation).
+    The write may or may not have happened; it was not retried and the updater was not
+    re-run. Read the key to find out."""
+
+    def __init__(self, message: str, *, keys: Sequence[str | bytes]) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
+
+
+__all__ = [
+    "BantaiError",
+    "InvalidInputError",
+    "InvalidKeyError",
+    "InvalidOptionError",
+    "InvalidTTLError",
+    "InvalidValueError",
+    "LockError",
+    "LockLostError",
+    "LockTimeoutError",
+    "StorageError",
+    "StoredValueError",
+    "UnsupportedOperationError",
+    "UpdateOutcomeUnknownError",
+    "WrongTypeError",
+]

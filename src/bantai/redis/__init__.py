@@ -1,0 +1,6 @@
+"""The Redis storage adapter (SPEC §2-4)."""
+
+from bantai.redis.storage import RedisStorage, create_redis_storage
+from bantai.storage.options import RedisStorageOptions
+
+__all__ = ["RedisStorage", "RedisStorageOptions", "create_redis_storage"]

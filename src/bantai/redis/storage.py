@@ -1,0 +1,148 @@
+"""The public synchronous Redis adapter: a thin facade over the I/O-free operations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Generic, TypeVar
+
+import redis
+
+from bantai.errors import InvalidOptionError
+from bantai.redis import operations as ops
+from bantai.redis.keys import KeyLayout
+from bantai.redis.sync_driver import SyncDriver
+from bantai.storage.codec import codec_for
+from bantai.storage.inputs import TTL, Key
+from bantai.storage.options import StorageOptions
+from bantai.storage.protocol import KeyedUpdater, Updater
+
+T = TypeVar("T")
+
+
+class RedisStorage(Generic[T]):
+    """Schema-validated values in Redis with TTLs and lock-guarded atomic updates.
+
+    Create it with `create_redis_storage`. Thread-safe; one instance per schema and prefix
+    is meant to be shared by the whole process."""
+
+    __slots__ = ("_client", "_ctx", "_driver", "_owns_client", "options")
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        schema: object,
+        options: StorageOptions | Mapping[str, Any] | None = None,
+        *,
+        owns_client: bool = False,
+    ) -> None:
+        self.options = StorageOptions.coerce(options)
+        self._client = client
+        self._owns_client = owns_client
+        self._ctx: ops.Context[T] = ops.Context(
+            KeyLayout(self.options.prefix_bytes), codec_for(schema), self.options
+        )
+        self._driver = SyncDriver(client)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client this adapter sends through."""
+        return self._client
+
+    def get(self, key: Key) -> T | None:
+        """The value stored under `key`, validated, or None when there is none."""
+        return self._driver.run(ops.get(self._ctx, key))
+
+    def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+        """Validate `value` and store it (with a TTL in ms or as a timedelta, if given)."""
+        self._driver.run(ops.set_(self._ctx, key, value, ttl_ms))
+
+    def delete(self, key: Key) -> None:
+        self._driver.run(ops.delete(self._ctx, key))
+
+    def append(self, key: Key, item: Any) -> None:
+        """Append `item` to the list stored under `key` (list schemas only), atomically and
+        keeping the key's TTL; waits for a busy lock like `update`."""
+        self._driver.run(ops.append(self._ctx, key, item))
+
+    def update(self, key: Key, updater: Updater[T]) -> T | None:
+        """Atomic read-modify-write under a distributed lock; returns the new value (or the
+        current one when the updater returns None and nothing is written)."""
+        return self._driver.run(ops.update(self._ctx, key, updater))
+
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+        """Values of several keys in one round trip (MGET)."""
+        return self._driver.run(ops.get_many(self._ctx, keys))
+
+    def set_many(
+        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
+    ) -> None:
+        """Validate every value, then store all of them in one atomic round trip."""
+        self._driver.run(ops.set_many(self._ctx, items, ttl_ms))
+
+    def delete_many(self, keys: Iterable[Key]) -> None:
+        self._driver.run(ops.delete_many(self._ctx, keys))
+
+    def update_many(self, keys: Iterable[Key], updater: KeyedUpdater[T]) -> dict[Key, T | None]:
+        """`update` for several keys: one round trip locks and reads them all (retrying only
+        busy ones), `updater(key, current)` runs per key, one atomic round trip commits."""
+        return self._driver.run(ops.update_many(self._ctx, keys, updater))
+
+    def close(self) -> None:
+        """Close the connections if the adapter created the client (from a URL)."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> RedisStorage[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+RedisConnection = Mapping[str, Any]
+
+
+def create_redis_storage(
+    redis_options: RedisConnection | redis.Redis,
+    schema: object,
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> RedisStorage[Any]:
+    """Create the synchronous Redis adapter.
+
+    `redis_options` is ``{"url": "redis://..."}`` (the adapter owns that client; `close()`
+    closes it), ``{"client": redis.Redis(...)}`` (yours; a Sentinel `master_for` client
+    works too), or a `redis.Redis` directly. `schema` is a pydantic-core CoreSchema, a
+    pydantic model, a `TypeAdapter` or a type. See `StorageOptions` for `options`."""
+    if isinstance(redis_options, redis.Redis):
+        return RedisStorage(redis_options, schema, options)
+    if not isinstance(redis_options, Mapping):
+        raise InvalidOptionError(
+            "redis must be a mapping with 'client' or 'url' (or a redis.Redis client), not "
+            f"{type(redis_options).__name__}"
+        )
+    unknown = sorted(set(redis_options) - {"client", "url"})
+    if unknown:
+        raise InvalidOptionError(f"redis: unknown key(s) {unknown}; use 'client' or 'url'")
+    client = redis_options.get("client")
+    url = redis_options.get("url")
+    if client is not None:
+        if not isinstance(client, redis.Redis):
+            raise InvalidOptionError(_client_type_error(client))
+        return RedisStorage(client, schema, options)
+    if url:
+        if not isinstance(url, str):
+            raise InvalidOptionError(f"redis url must be a str, not {type(url).__name__}")
+        storage_options = StorageOptions.coerce(options)  # check before opening anything
+        return RedisStorage(redis.Redis.from_url(url), schema, storage_options, owns_client=True)
+    raise InvalidOptionError("Either client or url must be provided")
+
+
+def _client_type_error(client: object) -> str:
+    name = f"{type(client).__module__}.{type(client).__qualname__}"
+    if "asyncio" in name:
+        return f"redis client {name} is an asyncio client; use create_async_redis_storage"
+    if "cluster" in name.lower():
+        return f"redis client {name}: Redis Cluster clients are not supported yet"
+    return f"redis client must be a redis.Redis instance, not {name}"
+
+

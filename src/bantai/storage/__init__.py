@@ -1,0 +1,14 @@
+"""Storage: the adapter protocol, shared input checks, and the in-memory storage."""
+
+from bantai.storage.inputs import UpdateResult
+from bantai.storage.memory import MemoryStorage, create_memory_storage
+from bantai.storage.options import StorageOptions
+from bantai.storage.protocol import StorageAdapter
+
+__all__ = [
+    "MemoryStorage",
+    "StorageAdapter",
+    "StorageOptions",
+    "UpdateResult",
+    "create_memory_storage",
+]

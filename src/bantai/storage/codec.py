@@ -1,0 +1,161 @@
+"""Schema handling: turn whatever the caller gave as a schema into one `ValueCodec`.
+
+A codec validates a value before it is written and encodes it as compact JSON (the bytes
+`JSON.stringify` would produce for the same data, so the TypeScript original can read
+them); it decodes and validates stored JSON in one pass with pydantic-core's
+`validate_json`. Stored data is only ever parsed as JSON, never unpickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar, cast
+
+from pydantic_core import SchemaSerializer, SchemaValidator, ValidationError
+from pydantic_core import core_schema as cs
+
+from bantai.errors import (
+    InvalidOptionError,
+    InvalidValueError,
+    StoredValueError,
+)
+
+T = TypeVar("T")
+
+# NaN and Infinity have no JSON form. pydantic-core writes them as bare constants when
+# configured to (then a substring test plus an exact `json.loads` catches them), but a
+# pydantic model's prebuilt serializer keeps its own config and writes `null` instead, which
+# would silently change the value. So output that contains `null` is read back once and
+# compared: a value that does not survive its own JSON round trip is refused.
+_SERIALIZER_CONFIG = cs.CoreConfig(ser_json_inf_nan="constants")
+_NON_FINITE_MARKERS = (b"NaN", b"Infinity")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _describe(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<value>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class ValueCodec(Generic[T]):
+    """Validation and JSON encoding for one schema. Thread-safe and immutable."""
+
+    __slots__ = ("_serializer", "_validator", "core_schema", "item_codec")
+
+    def __init__(self, core_schema: cs.CoreSchema, validator: Any | None = None) -> None:
+        self.core_schema = core_schema
+        self._validator: SchemaValidator = validator or SchemaValidator(core_schema)
+        self._serializer = SchemaSerializer(core_schema, _SERIALIZER_CONFIG)
+        # `append` can be done server-side only for a plain list with no length limits:
+        # then appending a valid item always leaves a valid list.
+        self.item_codec: ValueCodec[Any] | None = None
+        items = _plain_list_items_schema(core_schema)
+        if items is not None:
+            self.item_codec = ValueCodec(items)
+
+    def encode(self, value: object, key: object) -> tuple[T, bytes]:
+        """Validate `value` and return `(validated value, compact JSON bytes)`."""
+        try:
+            validated = self._validator.validate_python(value)
+        except ValidationError as exc:
+            raise InvalidValueError(
+                f"value for key {key!r} does not match the schema: {_describe(exc)}", key=key
+            ) from None
+        data: bytes = self._serializer.to_json(validated, by_alias=True)
+        if _NON_FINITE_MARKERS[0] in data or _NON_FINITE_MARKERS[1] in data:
+            try:
+                json.loads(data, parse_constant=_reject_constant)
+            except ValueError:
+                raise InvalidValueError(
+                    f"value for key {key!r} contains NaN or Infinity, which JSON cannot "
+                    "represent",
+                    key=key,
+                ) from None
+        if b"null" in data and not self._survives_round_trip(validated, data):
+            raise InvalidValueError(
+                f"value for key {key!r} cannot be stored as JSON without changing it "
+                "(NaN and Infinity become null)",
+                key=key,
+            )
+        return cast(T, validated), data
+
+    def _survives_round_trip(self, validated: object, data: bytes) -> bool:
+        try:
+            return bool(self._validator.validate_json(data) == validated)
+        except ValidationError:
+            return False
+
+    def decode(self, raw: bytes | str | None, key: object) -> T | None:
+        """Parse and validate a stored value in one pass (None when the key is absent)."""
+        if raw is None:
+            return None
+        try:
+            return cast(T, self._validator.validate_json(raw))
+        except ValidationError as exc:
+            raise StoredValueError(
+                f"value stored under key {key!r} is not valid JSON for the schema: "
+                f"{_describe(exc)}",
+                key=cast("str | bytes", key),
+            ) from None
+
+
+def _plain_list_items_schema(schema: Mapping[str, Any]) -> cs.CoreSchema | None:
+    definitions = None
+    if schema.get("type") == "definitions":
+        definitions = schema["definitions"]
+        schema = schema["schema"]
+    if schema.get("type") != "list":
+        return None
+    if schema.get("min_length") or schema.get("max_length") is not None:
+        return None
+    if schema.get("strict") or schema.get("ref") or schema.get("serialization"):
+        return None
+    items = cast(cs.CoreSchema, schema.get("items_schema") or cs.any_schema())
+    if definitions:
+        return cs.definitions_schema(items, list(definitions))
+    return items
+
+
+def codec_for(schema: object) -> ValueCodec[Any]:
+    """Build a codec from a pydantic-core `CoreSchema` (a dict), a pydantic model class, a
+    pydantic `TypeAdapter`, or a plain type annotation (the last three need pydantic)."""
+    if isinstance(schema, ValueCodec):
+        return schema
+    if isinstance(schema, Mapping):
+        if "type" not in schema:
+            raise InvalidOptionError(
+                "schema: a mapping must be a pydantic-core CoreSchema (it has no 'type')"
+            )
+        core = cast(cs.CoreSchema, copy.deepcopy(dict(schema)))
+        try:
+            return ValueCodec(core)
+        except Exception as exc:  # pydantic-core raises SchemaError (an Exception subclass)
+            raise InvalidOptionError(f"schema: invalid CoreSchema: {exc}") from exc
+    try:
+        import pydantic
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise InvalidOptionError(
+            f"schema: {schema!r} needs pydantic (pip install 'bantai[pydantic]'), or pass a "
+            "pydantic-core CoreSchema"
+        ) from None
+    if isinstance(schema, pydantic.TypeAdapter):
+        return ValueCodec(schema.core_schema, schema.validator)
+    if isinstance(schema, type) and issubclass(schema, pydantic.BaseModel):
+        schema.model_rebuild()
+        return ValueCodec(schema.__pydantic_core_schema__, schema.__pydantic_validator__)
+    try:
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(schema)
+    except pydantic.PydanticUserError as exc:
+        raise InvalidOptionError(f"schema: cannot build a validator for {schema!r}: {exc}") from exc
+    except pydantic.PydanticSchemaGenerationError as exc:
+        raise InvalidOptionError(f"schema: cannot build a validator for {schema!r}: {exc}") from exc
+    return ValueCodec(adapter.core_schema, adapter.validator)

@@ -1,0 +1,78 @@
+"""Adapter options: the key prefix and the lock timings (SPEC §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from bantai.errors import InvalidOptionError
+
+
+def _check_ms(name: str, value: object, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidOptionError(f"{name} must be an int (milliseconds), not {value!r}")
+    if value < minimum:
+        raise InvalidOptionError(f"{name} must be >= {minimum} ms, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageOptions:
+    """Options of a storage adapter; invalid values raise `InvalidOptionError` (a
+    `ValueError`) naming the option.
+
+    - `prefix`: prepended to every key (default ``""``).
+    - `lock_timeout_ms`: how long `update` waits for a busy lock (default 5000; 0 = try once).
+    - `lock_ttl_ms`: how long a lock lives if its holder dies (default 10000; must be
+      >= `lock_timeout_ms`).
+    - `lock_retry_ms`: pause between attempts on a busy lock (default 50, with jitter).
+    """
+
+    prefix: str | bytes = ""
+    lock_timeout_ms: int = 5000
+    lock_ttl_ms: int = 10000
+    lock_retry_ms: int = 50
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, (str, bytes)):
+            raise InvalidOptionError(f"prefix must be str or bytes, not {self.prefix!r}")
+        if isinstance(self.prefix, str):
+            try:
+                self.prefix.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidOptionError(f"prefix {self.prefix!r} is not valid Unicode") from None
+        _check_ms("lock_timeout_ms", self.lock_timeout_ms, minimum=0)
+        _check_ms("lock_ttl_ms", self.lock_ttl_ms, minimum=1)
+        _check_ms("lock_retry_ms", self.lock_retry_ms, minimum=1)
+        if self.lock_ttl_ms < self.lock_timeout_ms:
+            raise InvalidOptionError(
+                f"lock_ttl_ms ({self.lock_ttl_ms}) must be >= lock_timeout_ms "
+                f"({self.lock_timeout_ms})"
+            )
+
+    @property
+    def prefix_bytes(self) -> bytes:
+        p = self.prefix
+        return p if isinstance(p, bytes) else p.encode("utf-8")
+
+    @classmethod
+    def coerce(cls, options: StorageOptions | Mapping[str, Any] | None) -> StorageOptions:
+        """Accept an instance, a mapping of option names, or None (all defaults)."""
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        if not isinstance(options, Mapping):
+            raise InvalidOptionError(
+                f"options must be a mapping or {cls.__name__}, not {type(options).__name__}"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidOptionError(
+                f"unknown option(s) {unknown}; valid options are {sorted(known)}"
+            )
+        return cls(**options)
+
+
+RedisStorageOptions = StorageOptions

@@ -1,0 +1,122 @@
+"""Throwaway local `redis-server` processes for tests, benchmarks and the demo.
+
+Each server listens on a free loopback port, keeps nothing on disk (`--save ""`,
+`--appendonly no`, a temporary directory) and is stopped by `stop()` / the context
+manager. Nothing here ever touches a server it did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+
+INSTALL_HINT = (
+    "redis-server was not found on PATH (or in $BANTAI_REDIS_SERVER). Install it: "
+    "Debian/Ubuntu `apt-get install -y redis-server`, macOS `brew install redis`, "
+    "Fedora `dnf install redis`; or point BANTAI_REDIS_SERVER at the binary."
+)
+
+
+class RedisServerNotFound(RuntimeError):
+    """No `redis-server` binary is available."""
+
+
+def find_redis_server() -> str:
+    path = os.environ.get("BANTAI_REDIS_SERVER") or shutil.which("redis-server")
+    if not path:
+        raise RedisServerNotFound(INSTALL_HINT)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalRedisServer:
+    """A `redis-server` child process on 127.0.0.1 and a free port."""
+
+    def __init__(self, *extra_args: str, port: int | None = None) -> None:
+        self.extra_args: Sequence[str] = extra_args
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self._dir = tempfile.mkdtemp(prefix="bantai-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> LocalRedisServer:
+        binary = find_redis_server()
+        for _attempt in range(5):
+            args = [
+                binary, "--port", str(self.port), "--bind", self.host,
+                "--save", "", "--appendonly", "no", "--dir", self._dir,
+                "--daemonize", "no", "--logfile", os.path.join(self._dir, "redis.log"),
+                *self.extra_args,
+            ]
+            self.process = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            if self._wait_ready(timeout):
+                return self
+            self._terminate()
+            self.port = free_port()  # the port was taken in the meantime: try another
+        raise RuntimeError(f"redis-server did not start; see {self._dir}/redis.log")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                return False
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+    def _terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to the server (SIGSTOP / SIGCONT to freeze it, for fault tests)."""
+        assert self.process is not None
+        os.kill(self.process.pid, sig)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (the script cache and data are lost)."""
+        self._terminate()
+        self.start()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.kill(self.process.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self._terminate()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalRedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
