@@ -80,7 +80,8 @@ class LocalRedisServer:
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    # A password-protected server answers -NOAUTH: up all the same.
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return True
             except OSError:
                 pass

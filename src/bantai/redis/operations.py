@@ -174,13 +174,17 @@ def get_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[dict[Key, T | No
     groups = ctx.layout.groups(redis_keys)
     if not groups:
         return {}
-    replies = yield RoundTrip([(b"MGET", *(redis_keys[i] for i in g)) for g in groups])
+    replies = yield RoundTrip(
+        [evalsha(scripts.GET_MANY, [redis_keys[i] for i in g], ()) for g in groups]
+    )
     out: dict[Key, T | None] = {}
     for group, reply in zip(groups, replies, strict=True):
         values = check_reply(reply, [key_list[i] for i in group])
         for index, raw in zip(group, values, strict=True):
             key = key_list[index]
-            out[key] = ctx.codec.decode(raw, key)
+            raw = check_reply(raw, (key,))
+            # A RESP3 connection renders the script's nil as False.
+            out[key] = ctx.codec.decode(None if raw is False else raw, key)
     return {k: out[k] for k in key_list}
 
 
@@ -345,6 +349,11 @@ def locked_update(
     try:
         replies = yield RoundTrip(commands, retry_safe=False)
     except ReplyLost as lost:
+        # Releasing is safe whatever happened: if the commit ran, the lock is already gone;
+        # if it is still queued somewhere, it will find the lock gone and write nothing.
+        # Either way the outcome is settled once the release is through, and the lock does
+        # not block others until its TTL.
+        yield from _release(ctx, lock_keys, token)
         raise UpdateOutcomeUnknownError(
             f"commit of {_shown(keys)} was sent but its reply was lost "
             f"({lost.__cause__!r}); the write may or may not have happened",

@@ -70,7 +70,7 @@ class RedisStorage(Generic[T]):
         return self._driver.run(ops.update(self._ctx, key, updater))
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
-        """Values of several keys in one round trip (MGET)."""
+        """Values of several keys in one round trip."""
         return self._driver.run(ops.get_many(self._ctx, keys))
 
     def set_many(
