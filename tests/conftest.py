@@ -76,9 +76,9 @@ def _factory(kind: str, url: str) -> tuple[StorageFactory, list[Any]]:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def make_storage(request: pytest.FixtureRequest, redis_server: LocalRedisServer) -> Iterator[
-    StorageFactory
-]:
+def make_storage(
+    request: pytest.FixtureRequest, redis_server: LocalRedisServer
+) -> Iterator[StorageFactory]:
     """The conformance suite runs every test against both storages."""
     make, created = _factory(request.param, redis_server.url)
     yield make

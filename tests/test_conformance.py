@@ -228,8 +228,10 @@ def test_lock_lost_when_ttl_expires(make_storage: Any) -> None:
     def slow(current: object) -> object:
         # Outlive the lock; another caller takes it and commits meanwhile.
         other = threading.Thread(
-            target=lambda: (storage.update("c", lambda c: {"value": {"count": 99}}),
-                            other_done.set())
+            target=lambda: (
+                storage.update("c", lambda c: {"value": {"count": 99}}),
+                other_done.set(),
+            )
         )
         time.sleep(0.2)
         other.start()
@@ -362,8 +364,9 @@ def test_odd_keys_round_trip(make_storage: Any, key: str | bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["", b"", 5, None, "x:lock", "\ud800", "a" * 70_000], ids=[
-        "empty", "empty-bytes", "int", "none", "lock-suffix", "surrogate", "too-long"]
+    "key",
+    ["", b"", 5, None, "x:lock", "\ud800", "a" * 70_000],
+    ids=["empty", "empty-bytes", "int", "none", "lock-suffix", "surrogate", "too-long"],
 )
 def test_bad_keys_refused(make_storage: Any, key: object) -> None:
     storage = make_storage(Counter)

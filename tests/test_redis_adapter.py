@@ -84,8 +84,12 @@ def test_options_object_and_defaults(redis_server: LocalRedisServer) -> None:
     storage = create_redis_storage({"url": redis_server.url}, Counter, opts)
     assert storage.options is opts
     defaults = RedisStorageOptions()
-    assert (defaults.prefix, defaults.lock_timeout_ms, defaults.lock_ttl_ms,
-            defaults.lock_retry_ms) == ("", 5000, 10000, 50)
+    assert (
+        defaults.prefix,
+        defaults.lock_timeout_ms,
+        defaults.lock_ttl_ms,
+        defaults.lock_retry_ms,
+    ) == ("", 5000, 10000, 50)
     storage.close()
 
 
@@ -237,9 +241,7 @@ def test_wrong_redis_type(make_redis_storage: Any, raw: redis.Redis) -> None:
     assert storage.get("h") == Counter(count=1)
 
 
-def test_update_many_waits_only_for_busy_keys(
-    make_redis_storage: Any, raw: redis.Redis
-) -> None:
+def test_update_many_waits_only_for_busy_keys(make_redis_storage: Any, raw: redis.Redis) -> None:
     storage = make_redis_storage(Counter, prefix="um:", lock_timeout_ms=2000, lock_retry_ms=10)
     raw.set("um:b:lock", "someone", px=150)  # b is busy for a while, a and c are free
     seen: list[str] = []
@@ -250,8 +252,9 @@ def test_update_many_waits_only_for_busy_keys(
 
 
 def test_concurrent_update_many_is_exact(make_redis_storage: Any) -> None:
-    storage = make_redis_storage(Counter, lock_timeout_ms=20_000, lock_ttl_ms=20_000,
-                                 lock_retry_ms=2)
+    storage = make_redis_storage(
+        Counter, lock_timeout_ms=20_000, lock_ttl_ms=20_000, lock_retry_ms=2
+    )
     keys = [f"k{i}" for i in range(5)]
 
     def work() -> None:

@@ -39,8 +39,9 @@ def _hold_lock_forever(url: str, prefix: str) -> None:
     storage.update("c", lambda current: time.sleep(3600))
 
 
-def test_killed_holder_lock_expires_within_ttl(redis_server: LocalRedisServer,
-                                               raw: redis.Redis) -> None:
+def test_killed_holder_lock_expires_within_ttl(
+    redis_server: LocalRedisServer, raw: redis.Redis
+) -> None:
     lock_ttl, retry = 600, 20
     child = fork.Process(target=_hold_lock_forever, args=(redis_server.url, "kill:"))
     child.start()
@@ -51,9 +52,14 @@ def test_killed_holder_lock_expires_within_ttl(redis_server: LocalRedisServer,
     child.join()
     raw.pexpire("kill:c:lock", lock_ttl)  # shorten the dead holder's lease for the test
     storage = create_redis_storage(
-        {"url": redis_server.url}, Counter,
-        {"prefix": "kill:", "lock_timeout_ms": lock_ttl, "lock_ttl_ms": lock_ttl,
-         "lock_retry_ms": retry},
+        {"url": redis_server.url},
+        Counter,
+        {
+            "prefix": "kill:",
+            "lock_timeout_ms": lock_ttl,
+            "lock_ttl_ms": lock_ttl,
+            "lock_retry_ms": retry,
+        },
     )
     started = time.monotonic()
     assert storage.update("c", increment) == Counter(count=1)
@@ -78,15 +84,17 @@ def _stale_commit(url: str, prefix: str, ready: Any, result: Any) -> None:
         result.value = 2
 
 
-def test_frozen_holder_cannot_commit_after_resume(redis_server: LocalRedisServer,
-                                                  raw: redis.Redis) -> None:
+def test_frozen_holder_cannot_commit_after_resume(
+    redis_server: LocalRedisServer, raw: redis.Redis
+) -> None:
     ready, result = fork.Event(), fork.Value("i", 0)
     child = fork.Process(target=_stale_commit, args=(redis_server.url, "stop:", ready, result))
     child.start()
     assert ready.wait(10)
     os.kill(child.pid, signal.SIGSTOP)
     storage = create_redis_storage(
-        {"url": redis_server.url}, Counter,
+        {"url": redis_server.url},
+        Counter,
         {"prefix": "stop:", "lock_timeout_ms": 1000, "lock_ttl_ms": 1000, "lock_retry_ms": 10},
     )
     assert storage.update("c", increment) == Counter(count=1)  # after the stale lease expired
@@ -219,8 +227,9 @@ def _count_up(storage: Any, n: int) -> None:
 
 
 def test_fork_with_live_client_and_threads(make_redis_storage: Any, raw: redis.Redis) -> None:
-    storage = make_redis_storage(Counter, prefix="fork:", lock_timeout_ms=30_000,
-                                 lock_ttl_ms=30_000, lock_retry_ms=2)
+    storage = make_redis_storage(
+        Counter, prefix="fork:", lock_timeout_ms=30_000, lock_ttl_ms=30_000, lock_retry_ms=2
+    )
     storage.update("n", increment)  # the parent's pool now holds a live connection
     children = [fork.Process(target=_count_up, args=(storage, 100)) for _ in range(3)]
     for child in children:
@@ -239,8 +248,9 @@ def test_fork_with_live_client_and_threads(make_redis_storage: Any, raw: redis.R
 @pytest.mark.slow
 def test_no_lost_updates_16_processes(make_redis_storage: Any, raw: redis.Redis) -> None:
     """RELIABILITY property 1: 16 processes x 1,000 update(+1) on one key -> 16,000."""
-    storage = make_redis_storage(Counter, prefix="p16:", lock_timeout_ms=60_000,
-                                 lock_ttl_ms=60_000, lock_retry_ms=1)
+    storage = make_redis_storage(
+        Counter, prefix="p16:", lock_timeout_ms=60_000, lock_ttl_ms=60_000, lock_retry_ms=1
+    )
     storage.get("n")  # a live connection in the parent, inherited by every child
     children = [fork.Process(target=_count_up, args=(storage, 1000)) for _ in range(16)]
     for child in children:

@@ -7,6 +7,7 @@ manager. Nothing here ever touches a server it did not start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -58,9 +59,21 @@ class LocalRedisServer:
         binary = find_redis_server()
         for _attempt in range(5):
             args = [
-                binary, "--port", str(self.port), "--bind", self.host,
-                "--save", "", "--appendonly", "no", "--dir", self._dir,
-                "--daemonize", "no", "--logfile", os.path.join(self._dir, "redis.log"),
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+                "--daemonize",
+                "no",
+                "--logfile",
+                os.path.join(self._dir, "redis.log"),
                 *self.extra_args,
             ]
             self.process = subprocess.Popen(
@@ -109,10 +122,8 @@ class LocalRedisServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         self._terminate()
         shutil.rmtree(self._dir, ignore_errors=True)
 

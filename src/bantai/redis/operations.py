@@ -16,6 +16,7 @@ repeated in a driver.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import secrets
 import time
@@ -156,8 +157,8 @@ def set_(ctx: Context[T], key: Key, value: object, ttl_ms: object = None) -> Ope
     redis_key = ctx.layout.value_key(encode_key(key))
     ttl = ttl_to_ms(ttl_ms)
     _, data = ctx.codec.encode(value, key)
-    command: Command = (b"SET", redis_key, data) if ttl is None else (
-        b"SET", redis_key, data, b"PX", ttl
+    command: Command = (
+        (b"SET", redis_key, data) if ttl is None else (b"SET", redis_key, data, b"PX", ttl)
     )
     (reply,) = yield RoundTrip((command,))
     check_reply(reply, (key,))
@@ -249,10 +250,8 @@ def _release(ctx: Context[Any], lock_keys: Sequence[bytes], token: bytes) -> Ope
         evalsha(scripts.RELEASE, [lock_keys[i] for i in group], (token,))
         for group in ctx.layout.groups(lock_keys)
     ]
-    try:
+    with contextlib.suppress(Exception):
         yield RoundTrip(commands)
-    except Exception:
-        pass
 
 
 def _timeout_error(ctx: Context[Any], keys: Sequence[Key]) -> LockTimeoutError:

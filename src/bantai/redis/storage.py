@@ -50,7 +50,8 @@ class RedisStorage(Generic[T]):
 
     def get(self, key: Key) -> T | None:
         """The value stored under `key`, validated, or None when there is none."""
-        return self._driver.run(ops.get(self._ctx, key))
+        op = ops.get(self._ctx, key)
+        return self._driver.run(op)
 
     def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
         """Validate `value` and store it (with a TTL in ms or as a timedelta, if given)."""
@@ -67,7 +68,8 @@ class RedisStorage(Generic[T]):
     def update(self, key: Key, updater: Updater[T]) -> T | None:
         """Atomic read-modify-write under a distributed lock; returns the new value (or the
         current one when the updater returns None and nothing is written)."""
-        return self._driver.run(ops.update(self._ctx, key, updater))
+        op = ops.update(self._ctx, key, updater)
+        return self._driver.run(op)
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
         """Values of several keys in one round trip."""
@@ -144,5 +146,3 @@ def _client_type_error(client: object) -> str:
     if "cluster" in name.lower():
         return f"redis client {name}: Redis Cluster clients are not supported yet"
     return f"redis client must be a redis.Redis instance, not {name}"
-
-

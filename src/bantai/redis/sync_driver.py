@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.errors import UnsupportedOperationError
@@ -76,7 +76,8 @@ class SyncDriver:
     def round_trip(self, step: RoundTrip) -> list[Any]:
         retried = False
         while True:
-            conn = self._pool.get_connection()  # connects (and authenticates) if needed
+            # Connects (and authenticates) if needed.
+            conn: Any = self._pool.get_connection()
             try:
                 replies = self._exchange(conn, step.commands)
                 resend = noscript_resend(step.commands, replies)
@@ -113,4 +114,3 @@ class SyncDriver:
             except ResponseError as exc:
                 replies.append(exc)
         return replies
-

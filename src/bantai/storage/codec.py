@@ -21,6 +21,7 @@ from bantai.errors import (
     InvalidValueError,
     StoredValueError,
 )
+from bantai.storage.inputs import Key
 
 T = TypeVar("T")
 
@@ -62,7 +63,7 @@ class ValueCodec(Generic[T]):
         if items is not None:
             self.item_codec = ValueCodec(items)
 
-    def encode(self, value: object, key: object) -> tuple[T, bytes]:
+    def encode(self, value: object, key: Key) -> tuple[T, bytes]:
         """Validate `value` and return `(validated value, compact JSON bytes)`."""
         try:
             validated = self._validator.validate_python(value)
@@ -76,8 +77,7 @@ class ValueCodec(Generic[T]):
                 json.loads(data, parse_constant=_reject_constant)
             except ValueError:
                 raise InvalidValueError(
-                    f"value for key {key!r} contains NaN or Infinity, which JSON cannot "
-                    "represent",
+                    f"value for key {key!r} contains NaN or Infinity, which JSON cannot represent",
                     key=key,
                 ) from None
         if b"null" in data and not self._survives_round_trip(validated, data):
@@ -94,7 +94,7 @@ class ValueCodec(Generic[T]):
         except ValidationError:
             return False
 
-    def decode(self, raw: bytes | str | None, key: object) -> T | None:
+    def decode(self, raw: bytes | str | None, key: Key) -> T | None:
         """Parse and validate a stored value in one pass (None when the key is absent)."""
         if raw is None:
             return None
@@ -104,7 +104,7 @@ class ValueCodec(Generic[T]):
             raise StoredValueError(
                 f"value stored under key {key!r} is not valid JSON for the schema: "
                 f"{_describe(exc)}",
-                key=cast("str | bytes", key),
+                key=key,
             ) from None
 
 
@@ -153,7 +153,7 @@ def codec_for(schema: object) -> ValueCodec[Any]:
         schema.model_rebuild()
         return ValueCodec(schema.__pydantic_core_schema__, schema.__pydantic_validator__)
     try:
-        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(schema)
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(cast(Any, schema))
     except pydantic.PydanticUserError as exc:
         raise InvalidOptionError(f"schema: cannot build a validator for {schema!r}: {exc}") from exc
     except pydantic.PydanticSchemaGenerationError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from bantai.errors import (
     LockLostError,
@@ -67,8 +67,9 @@ class MemoryStorage(Generic[T]):
             return None
         return entry[0]
 
-    def _write(self, skey: bytes, data: bytes, ttl_ms: int | None, now: float, *,
-               keep_ttl: bool = False) -> None:
+    def _write(
+        self, skey: bytes, data: bytes, ttl_ms: int | None, now: float, *, keep_ttl: bool = False
+    ) -> None:
         if keep_ttl:
             old = self._data.get(skey)
             expires = old[1] if old is not None and (old[1] is None or old[1] > now) else None
@@ -89,14 +90,15 @@ class MemoryStorage(Generic[T]):
         deadline = time.monotonic() + self.options.lock_timeout_ms / 1000.0
         while True:
             now = time.monotonic()
-            busy = [k for k, s in zip(keys, skeys) if not self._lease_free(s, owner, now)]
+            busy = [
+                k for k, s in zip(keys, skeys, strict=True) if not self._lease_free(s, owner, now)
+            ]
             if not busy:
                 return
             if now >= deadline:
                 shown = f"key {busy[0]!r}" if len(busy) == 1 else f"keys {busy!r}"
                 raise LockTimeoutError(
-                    f"Failed to acquire lock for {shown} within "
-                    f"{self.options.lock_timeout_ms} ms",
+                    f"Failed to acquire lock for {shown} within {self.options.lock_timeout_ms} ms",
                     keys=busy,
                 )
             # Wake on release, or re-check when a lease may have expired.
@@ -128,7 +130,7 @@ class MemoryStorage(Generic[T]):
         with self._cond:
             now = time.monotonic()
             raws = [self._read(s, now) for s in skeys]
-        return {k: self._codec.decode(r, k) for k, r in zip(key_list, raws)}
+        return {k: self._codec.decode(r, k) for k, r in zip(key_list, raws, strict=True)}
 
     def set_many(
         self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
@@ -140,7 +142,7 @@ class MemoryStorage(Generic[T]):
         skeys = [self._key(k) for k in key_list]
         with self._cond:
             now = time.monotonic()
-            for skey, data in zip(skeys, datas):
+            for skey, data in zip(skeys, datas, strict=True):
                 self._write(skey, data, ttl, now)
 
     def delete_many(self, keys: Iterable[Key]) -> None:
@@ -156,7 +158,7 @@ class MemoryStorage(Generic[T]):
         key_list = check_keys(keys, unique=True)
         if not key_list:
             return {}
-        return dict(zip(key_list, self._update(key_list, updater)))
+        return dict(zip(key_list, self._update(key_list, updater), strict=True))
 
     def append(self, key: Key, item: Any) -> None:
         item_codec = self._codec.item_codec
@@ -168,7 +170,7 @@ class MemoryStorage(Generic[T]):
                     f"append needs a list schema (e.g. list[Item]); this storage's schema is "
                     f"{schema.get('type')!r}"
                 )
-            self.update(key, lambda current: {"value": [*(current or ()), item]})
+            self.update(key, lambda current: {"value": [*cast(Any, current or ()), item]})
             return
         skey = self._key(key)
         _, item_data = item_codec.encode(item, key)
@@ -204,7 +206,7 @@ class MemoryStorage(Generic[T]):
         try:
             plans: list[tuple[bytes, int | None] | None] = []
             results: list[T | None] = []
-            for key, raw in zip(keys, raws):
+            for key, raw in zip(keys, raws, strict=True):
                 current = self._codec.decode(raw, key)
                 unpacked = unpack_update_result(updater(key, current), key)
                 if unpacked is None:
@@ -220,8 +222,10 @@ class MemoryStorage(Generic[T]):
         with self._cond:
             now = time.monotonic()
             lost = [
-                k for k, s in zip(keys, skeys)
-                if (lease := self._leases.get(s)) is None or lease[0] is not owner
+                k
+                for k, s in zip(keys, skeys, strict=True)
+                if (lease := self._leases.get(s)) is None
+                or lease[0] is not owner
                 or lease[1] <= now
             ]
             if lost:
@@ -231,7 +235,7 @@ class MemoryStorage(Generic[T]):
                     "was taken by another caller before the commit; nothing was written",
                     keys=lost,
                 )
-            for skey, plan in zip(skeys, plans):
+            for skey, plan in zip(skeys, plans, strict=True):
                 if plan is not None:
                     self._write(skey, plan[0], plan[1], now, keep_ttl=plan[1] is None)
             self._release_locked(skeys, owner)
