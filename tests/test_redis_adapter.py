@@ -267,3 +267,37 @@ def test_concurrent_update_many_is_exact(make_redis_storage: Any) -> None:
     for t in threads:
         t.join(60)
     assert storage.get_many(keys) == {k: Counter(count=80) for k in keys}
+
+
+@pytest.mark.parametrize(
+    "client_options",
+    [{"protocol": 2}, {"protocol": 3}, {"decode_responses": True}],
+    ids=["resp2", "resp3", "decode_responses"],
+)
+def test_any_client_configuration(
+    redis_server: LocalRedisServer, raw: redis.Redis, client_options: dict[str, Any]
+) -> None:
+    """A user's client keeps its settings; replies are read the same in RESP2 and RESP3 and
+    with decode_responses=True."""
+    client = redis.Redis.from_url(redis_server.url, **client_options)
+    storage = create_redis_storage({"client": client}, Counter, {"prefix": "cfg:"})
+    lists = create_redis_storage({"client": client}, list[int], {"prefix": "cfg:"})
+    assert storage.get("c") is None
+    assert storage.update("c", increment) == Counter(count=1)
+    storage.set("d", {"count": 4}, ttl_ms=10_000)
+    assert storage.get_many(["c", "d", "e"]) == {
+        "c": Counter(count=1),
+        "d": Counter(count=4),
+        "e": None,
+    }
+    assert storage.update_many(["c", "e"], lambda k, c: increment(c)) == {
+        "c": Counter(count=2),
+        "e": Counter(count=1),
+    }
+    raw.script_flush()
+    lists.append("xs", 1)
+    assert lists.get("xs") == [1]
+    raw.set("cfg:bad", b"\xff\xfe")  # replies are read as bytes even with decode_responses
+    with pytest.raises(StoredValueError, match="'bad'"):
+        storage.get("bad")
+    client.close()

@@ -29,7 +29,8 @@ class RedisServerNotFound(RuntimeError):
 
 
 def find_redis_server() -> str:
-    path = os.environ.get("BANTAI_REDIS_SERVER") or shutil.which("redis-server")
+    configured = os.environ.get("BANTAI_REDIS_SERVER")
+    path = shutil.which(configured) if configured else shutil.which("redis-server")
     if not path:
         raise RedisServerNotFound(INSTALL_HINT)
     return path

@@ -110,7 +110,7 @@ class SyncDriver:
         replies: list[Any] = []
         for _ in commands:
             try:
-                replies.append(conn.read_response())
+                replies.append(conn.read_response(disable_decoding=True))
             except ResponseError as exc:
                 replies.append(exc)
         return replies
