@@ -15,8 +15,12 @@ def test_demo_runs(server: str) -> None:
     if server == "memory-fallback":
         env["BANTAI_REDIS_SERVER"] = "/nonexistent/redis-server"
     result = subprocess.run(
-        [sys.executable, "-m", "bantai.demo"], env=env, capture_output=True, text=True,
-        timeout=60, check=False,
+        [sys.executable, "-m", "bantai.demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout

@@ -46,12 +46,16 @@ def open_storages(stack: ExitStack) -> tuple[Any, Any, str]:
         except RedisServerNotFound as exc:
             print(f"NOTICE: {exc}\nNOTICE: falling back to the in-memory storage.\n")
             opts = {"prefix": "demo:", "lock_timeout_ms": 300, "lock_ttl_ms": 2000}
-            return (create_memory_storage(UserData, opts),
-                    create_memory_storage(Counter, opts), "memory")
+            return (
+                create_memory_storage(UserData, opts),
+                create_memory_storage(Counter, opts),
+                "memory",
+            )
     users = create_redis_storage({"url": url}, UserData, {"prefix": "demo:"})
     counters = create_redis_storage(
-        {"url": url}, Counter, {"prefix": "demo:", "lock_timeout_ms": 300, "lock_ttl_ms": 2000,
-                                "lock_retry_ms": 5},
+        {"url": url},
+        Counter,
+        {"prefix": "demo:", "lock_timeout_ms": 300, "lock_ttl_ms": 2000, "lock_retry_ms": 5},
     )
     stack.callback(users.close)
     stack.callback(counters.close)
@@ -85,9 +89,7 @@ def main() -> None:
 
         def work() -> None:
             for _ in range(50):
-                counters.update(
-                    "hits", lambda c: {"value": {"count": (c.count if c else 0) + 1}}
-                )
+                counters.update("hits", lambda c: {"value": {"count": (c.count if c else 0) + 1}})
 
         threads = [threading.Thread(target=work) for _ in range(8)]
         for t in threads:
