@@ -415,3 +415,16 @@ def test_many_threads_share_one_adapter(make_storage: Any) -> None:
         t.join(60)
     assert not errors
     assert storage.get("shared") == Counter(count=32 * per_thread)
+
+
+def test_async_updater_refused_by_sync_storage(make_storage: Any) -> None:
+    storage = make_storage(Counter, lock_timeout_ms=2000)
+
+    async def updater(current: Counter | None) -> dict[str, Any]:
+        return increment(current)
+
+    with pytest.raises(UnsupportedOperationError, match="awaitable"):
+        storage.update("c", updater)
+    started = time.monotonic()
+    assert storage.update("c", increment) == Counter(count=1)  # the lock was released
+    assert time.monotonic() - started < 0.5

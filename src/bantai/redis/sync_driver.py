@@ -9,7 +9,6 @@ keeping redis-py's connections: auth, TLS, ACL, db selection, Sentinel, fork saf
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -19,7 +18,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bantai.errors import UnsupportedOperationError
 from bantai.redis.operations import (
     CallUpdater,
     Command,
@@ -63,13 +61,6 @@ class SyncDriver:
                 assert type(step) is CallUpdater
                 try:
                     value = step.updater(*step.args)
-                    if inspect.isawaitable(value):
-                        if inspect.iscoroutine(value):
-                            value.close()
-                        raise UnsupportedOperationError(
-                            "the updater returned an awaitable; async updaters need the "
-                            "asyncio adapter (create_async_redis_storage)"
-                        )
                 except BaseException as exc:
                     error = exc
 

@@ -6,13 +6,19 @@ error before any command is built, let alone sent.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from bantai.errors import InvalidKeyError, InvalidTTLError, InvalidValueError
+from bantai.errors import (
+    InvalidKeyError,
+    InvalidTTLError,
+    InvalidValueError,
+    UnsupportedOperationError,
+)
 
 T = TypeVar("T")
 
@@ -112,6 +118,13 @@ def unpack_update_result(result: object, key: Key) -> tuple[Any, int | None] | N
     """An updater's return value as `(value, ttl_ms)`, or None for "write nothing"."""
     if result is None:
         return None
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: close it rather than leak a warning
+        raise UnsupportedOperationError(
+            f"the updater for key {key!r} returned an awaitable; async updaters need an "
+            "asyncio storage"
+        )
     if isinstance(result, UpdateResult):
         return result.value, ttl_to_ms(result.ttl_ms)
     if isinstance(result, Mapping):
