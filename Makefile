@@ -4,12 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bantai-installed
 
-.PHONY: demo test lint typecheck unit redis-server clean
+.PHONY: demo test lint typecheck unit packaging bench bench-smoke redis-server clean
 
-$(STAMP): pyproject.toml setup.py
+# The extension must build here: BANTAI_REQUIRE_EXTENSIONS=1 turns a silent fallback to
+# pure Python into a failed install.
+$(STAMP): pyproject.toml setup.py src/bantai/redis/_speedups.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	BANTAI_REQUIRE_EXTENSIONS=1 $(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 redis-server:
@@ -20,16 +22,29 @@ demo: $(STAMP)
 	$(PY) -m bantai.demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests $(wildcard benchmarks)
-	$(PY) -m ruff format --check src tests $(wildcard benchmarks)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+# The whole suite twice: compiled, then the pure-Python twin.
 unit: $(STAMP) redis-server
-	$(PY) -m pytest
+	BANTAI_EXPECT_IMPLEMENTATION=cython $(PY) -m pytest
+	BANTAI_NO_EXTENSIONS=1 BANTAI_EXPECT_IMPLEMENTATION=python $(PY) -m pytest
 
-test: lint typecheck unit
+packaging: $(STAMP)
+	PY=$(PY) scripts/check-packaging.sh
+
+bench-smoke: $(STAMP) redis-server
+	$(PY) -m benchmarks.run --smoke
+
+bench: $(STAMP) redis-server
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m benchmarks.run
+
+test: lint typecheck unit packaging bench-smoke
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache \
+	  src/bantai/redis/_speedups.c src/bantai/redis/*.so

@@ -1,6 +1,82 @@
-"""Build script. The compiled hot path is added here (see issue 3); until then the
-package is pure Python and setup.py only exists so `pip install -e .` works everywhere."""
+"""Builds the compiled hot path (`bantai.redis._speedups`).
 
-from setuptools import setup
+- With Cython installed, the extension is compiled from `_speedups.pyx`; without it, from
+  the generated `_speedups.c` that the sdist ships.
+- If the compiler fails, a loud banner is printed and the pure-Python twin is installed
+  instead — unless `BANTAI_REQUIRE_EXTENSIONS=1`, which turns the failure into an error
+  (wheels and CI use it, so a silently slow build can never ship).
+- `BANTAI_NO_EXTENSIONS=1` at build time skips the extension (the pure wheel).
+"""
 
-setup()
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).resolve().parent
+PYX = "src/bantai/redis/_speedups.pyx"
+C_FILE = "src/bantai/redis/_speedups.c"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+REQUIRE = _flag("BANTAI_REQUIRE_EXTENSIONS")
+SKIP = _flag("BANTAI_NO_EXTENSIONS")
+
+BANNER = """
+************************************************************************************
+  WARNING: bantai's compiled extension could not be built ({reason}).
+  Installing the pure-Python implementation instead: it is correct but slower.
+  Set BANTAI_REQUIRE_EXTENSIONS=1 to make this an error.
+************************************************************************************
+"""
+
+
+def _extensions() -> list[Extension]:
+    if SKIP:
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if (HERE / C_FILE).exists():
+            return [Extension("bantai.redis._speedups", [C_FILE])]
+        if REQUIRE:
+            raise RuntimeError("BANTAI_REQUIRE_EXTENSIONS=1 but neither Cython nor the "
+                               f"generated {C_FILE} is available") from None
+        sys.stderr.write(BANNER.format(reason="no Cython and no generated C file"))
+        return []
+    return cythonize(
+        [Extension("bantai.redis._speedups", [PYX])],
+        compiler_directives={"language_level": "3"},
+        quiet=True,
+    )
+
+
+class OptionalBuildExt(build_ext):
+    """Falls back to pure Python when compiling fails, unless it is required."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:
+            self._fallback(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._fallback(exc)
+
+    def _fallback(self, exc: Exception) -> None:
+        if REQUIRE:
+            raise
+        sys.stderr.write(BANNER.format(reason=f"{type(exc).__name__}: {exc}"))
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

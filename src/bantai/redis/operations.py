@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from bantai.errors import (
 )
 from bantai.redis import scripts
 from bantai.redis.keys import KeyLayout
+from bantai.redis.speedups import new_token
 from bantai.storage.codec import ValueCodec
 from bantai.storage.inputs import (
     Key,
@@ -89,11 +89,6 @@ class Context(Generic[T]):
     layout: KeyLayout
     codec: ValueCodec[T]
     options: StorageOptions
-
-
-def new_token() -> bytes:
-    """A fresh lock token per call: 128 random bits from the OS CSPRNG, hex encoded."""
-    return secrets.token_hex(16).encode()
 
 
 def evalsha(script: scripts.Script, keys: Sequence[bytes], args: Sequence[Arg]) -> Command:
@@ -171,22 +166,16 @@ def delete(ctx: Context[T], key: Key) -> Operation[None]:
 
 def get_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[dict[Key, T | None]]:
     key_list = check_keys(keys, unique=False)
-    redis_keys = [ctx.layout.value_key(encode_key(k)) for k in key_list]
-    groups = ctx.layout.groups(redis_keys)
-    if not groups:
+    if not key_list:
         return {}
-    replies = yield RoundTrip(
-        [evalsha(scripts.GET_MANY, [redis_keys[i] for i in g], ()) for g in groups]
-    )
-    out: dict[Key, T | None] = {}
-    for group, reply in zip(groups, replies, strict=True):
-        values = check_reply(reply, [key_list[i] for i in group])
-        for index, raw in zip(group, values, strict=True):
-            key = key_list[index]
-            raw = check_reply(raw, (key,))
-            # A RESP3 connection renders the script's nil as False.
-            out[key] = ctx.codec.decode(None if raw is False else raw, key)
-    return {k: out[k] for k in key_list}
+    # Pipelined GETs rather than MGET: MGET answers nil for a key holding a hash or list,
+    # which would pass for "absent"; a GET each reports WRONGTYPE for exactly that key.
+    replies = yield RoundTrip([(b"GET", ctx.layout.value_key(encode_key(k))) for k in key_list])
+    decode = ctx.codec.decode
+    return {
+        key: decode(check_reply(raw, (key,)), key)
+        for key, raw in zip(key_list, replies, strict=True)
+    }
 
 
 def set_many(

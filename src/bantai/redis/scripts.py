@@ -124,18 +124,4 @@ return {1}
 """,
 )
 
-# KEYS = value keys. GET of each (nil when absent). Unlike MGET, a key holding a hash or
-# list yields its WRONGTYPE error in place (nested error reply) instead of a silent nil.
-GET_MANY = Script.of(
-    "get_many",
-    """
-#!lua flags=no-writes
-local out = {}
-for i = 1, #KEYS do out[i] = redis.pcall('GET', KEYS[i]) end
-return out
-""",
-)
-
-SCRIPTS_BY_SHA: dict[bytes, Script] = {
-    s.sha: s for s in (ACQUIRE, COMMIT, RELEASE, APPEND, GET_MANY)
-}
+SCRIPTS_BY_SHA: dict[bytes, Script] = {s.sha: s for s in (ACQUIRE, COMMIT, RELEASE, APPEND)}

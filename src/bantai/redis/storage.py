@@ -90,7 +90,9 @@ class RedisStorage(Generic[T]):
         return self._driver.run(ops.update_many(self._ctx, keys, updater))
 
     def close(self) -> None:
-        """Close the connections if the adapter created the client (from a URL)."""
+        """Return borrowed connections to the pool, and close the client if the adapter
+        created it (from a URL)."""
+        self._driver.close()
         if self._owns_client:
             self._client.close()
 

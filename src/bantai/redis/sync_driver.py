@@ -1,21 +1,30 @@
 """Runs operations (see `operations`) over a redis-py connection pool, synchronously.
 
-The driver only does I/O: it packs a round trip's commands into one write, reads one reply
-per command, recovers NOSCRIPT, and reports a lost reply of a non-retry-safe round trip as
-`ReplyLost`. It deliberately bypasses redis-py's command layer (response callbacks and its
-automatic `Retry`, which would resend a commit whose first attempt may have landed) while
-keeping redis-py's connections: auth, TLS, ACL, db selection, Sentinel, fork safety.
+The driver only does I/O: it sends a round trip's commands in one write, reads one reply
+per command (through the hot path in `speedups`), recovers NOSCRIPT, and reports a lost
+reply of a non-retry-safe round trip as `ReplyLost`. It bypasses redis-py's command layer
+(response callbacks, and its automatic `Retry`, which would resend a commit whose first
+attempt may have landed) but keeps redis-py's connections: auth, TLS, ACL, db selection,
+Sentinel, fork safety.
+
+Connections are borrowed from the pool once and kept on a small per-adapter stack, so a
+call costs a list pop and push instead of the pool's locking and health polling. A
+connection that fails is disconnected and handed back to the pool together with every
+idle one (they most likely share its fate, e.g. a server restart); the next call gets a
+fresh, health-checked connection from the pool.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.redis.operations import (
@@ -28,18 +37,34 @@ from bantai.redis.operations import (
     merge_resend,
     noscript_resend,
 )
+from bantai.redis.speedups import exchange
 
 R = TypeVar("R")
+
+_drivers: weakref.WeakSet[SyncDriver] = weakref.WeakSet()
+
+
+def _forget_inherited_connections() -> None:
+    # A forked child must never talk on its parent's sockets: drop them (the pool resets
+    # itself in the child on its next use).
+    for driver in list(_drivers):
+        driver._idle = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 class SyncDriver:
     """Drives operations over `client.connection_pool` (a `redis.Redis`, including
     Sentinel-managed clients)."""
 
-    __slots__ = ("_pool",)
+    __slots__ = ("__weakref__", "_idle", "_pool")
 
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
+        self._idle: list[Any] = []
+        _drivers.add(self)
 
     def run(self, op: Operation[R]) -> R:
         value: Any = None
@@ -67,41 +92,63 @@ class SyncDriver:
     def round_trip(self, step: RoundTrip) -> list[Any]:
         retried = False
         while True:
-            # Connects (and authenticates) if needed.
-            conn: Any = self._pool.get_connection()
+            conn = self._checkout(fresh=not step.retry_safe)
             try:
                 replies = self._exchange(conn, step.commands)
-                resend = noscript_resend(step.commands, replies)
-                if resend is not None:
-                    failed, commands = resend
-                    replies = merge_resend(replies, failed, self._exchange(conn, commands))
-                return replies
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                conn.disconnect()
+                self._discard(conn)
                 if step.retry_safe:
-                    # One immediate resend covers a connection that died while idle in the
-                    # pool (server restart). Not for auth failures or timeouts: no storms.
+                    # One resend covers a connection that died while idle (a server
+                    # restart). Not for auth failures (a subclass) or timeouts: no storms.
                     if not retried and type(exc) is RedisConnectionError:
                         retried = True
                         continue
                     raise
-                # The write may have reached the server: only the operation knows what
-                # a lost reply means (for a commit: outcome unknown, never a resend).
+                # The write may have reached the server: only the operation knows what a
+                # lost reply means (for a commit: outcome unknown, never a resend).
                 raise ReplyLost() from exc
             except BaseException:
-                # Interrupted mid-exchange: unread replies would poison the next user.
-                conn.disconnect()
+                self._discard(conn)  # interrupted mid-exchange: its replies are unread
                 raise
-            finally:
-                self._pool.release(conn)
+            if any(type(r) is ReadOnlyError for r in replies):
+                self._discard(conn)  # a failed-over primary: reconnect through the pool
+            else:
+                self._idle.append(conn)
+            return replies
 
-    @staticmethod
-    def _exchange(conn: Any, commands: Sequence[Command]) -> list[Any]:
-        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(conn.read_response(disable_decoding=True))
-            except ResponseError as exc:
-                replies.append(exc)
+    def _exchange(self, conn: Any, commands: Sequence[Command]) -> list[Any]:
+        replies = exchange(conn, commands)
+        resend = noscript_resend(commands, replies)
+        if resend is not None:
+            failed, again = resend
+            replies = merge_resend(replies, failed, exchange(conn, again))
         return replies
+
+    def _checkout(self, *, fresh: bool) -> Any:
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            return self._pool.get_connection()  # connects and authenticates if needed
+        if fresh:
+            # Before a write that must not be sent twice, make sure an idle connection was
+            # not closed under us: afterwards, a failure would be reported as ambiguous.
+            try:
+                usable = conn._sock is not None and not conn.can_read()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                usable = False
+            if not usable:
+                self._discard(conn)
+                return self._pool.get_connection()
+        return conn
+
+    def _discard(self, conn: Any) -> None:
+        idle, self._idle = self._idle, []
+        for c in (conn, *idle):
+            c.disconnect()
+            self._pool.release(c)
+
+    def close(self) -> None:
+        """Hand every borrowed connection back to the pool."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._pool.release(conn)

@@ -1,0 +1,146 @@
+"""One measurement round, run in a child process so each implementation is imported as a
+user would get it: `python -m benchmarks.workloads --impl cython|python|baseline --url U`.
+
+Prints one JSON object: workload name -> operations (or keys) per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from bantai.redis import scripts
+
+
+class Item(BaseModel):
+    id: int
+    name: str
+    score: float
+
+
+ITEM = {"id": 7, "name": "widget", "score": 1.5}
+BATCH = 100
+
+
+def bump(current: Item | None) -> dict[str, Any]:
+    base = current or Item(**ITEM)
+    return {"value": base.model_copy(update={"id": base.id + 1})}
+
+
+def _timed(fn: Callable[[], object], count: int, per_call: int = 1) -> float:
+    for _ in range(max(1, count // 10)):  # warm-up: connections, script cache, caches
+        fn()
+    started = time.perf_counter()
+    for _ in range(count):
+        fn()
+    return count * per_call / (time.perf_counter() - started)
+
+
+def bantai_workloads(url: str, count: int) -> dict[str, float]:
+    from bantai import create_redis_storage
+    from bantai.redis import IMPLEMENTATION
+
+    expected = os.environ.get("BANTAI_BENCH_EXPECT")
+    if expected and expected != IMPLEMENTATION:
+        raise SystemExit(f"expected the {expected} implementation, got {IMPLEMENTATION}")
+    client = redis.Redis.from_url(url)
+    storage = create_redis_storage({"client": client}, Item, {"prefix": f"{IMPLEMENTATION}:"})
+    keys = [f"many:{i}" for i in range(BATCH)]
+    storage.set_many({k: ITEM for k in keys})
+    storage.set("k", ITEM)
+    out = {
+        "get": _timed(lambda: storage.get("k"), count),
+        "set_ttl": _timed(lambda: storage.set("s", ITEM, ttl_ms=60_000), count),
+        "update": _timed(lambda: storage.update("u", bump), count // 2),
+        "get_many_100": _timed(lambda: storage.get_many(keys), count // 20, BATCH),
+        "update_many_100": _timed(
+            lambda: storage.update_many(keys, lambda k, c: bump(c)), count // 50, BATCH
+        ),
+    }
+    storage.close()
+    client.close()
+    return out
+
+
+def baseline_workloads(url: str, count: int) -> dict[str, float]:
+    """What a careful developer writes by hand with redis-py + hiredis + pydantic-core."""
+    import secrets
+
+    client = redis.Redis.from_url(url)
+    validator = Item.__pydantic_validator__
+    serializer = Item.__pydantic_serializer__
+    acquire = client.register_script(scripts.ACQUIRE.source)
+    commit = client.register_script(scripts.COMMIT.source)
+    keys = [f"base:many:{i}" for i in range(BATCH)]
+    client.mset({k: serializer.to_json(validator.validate_python(ITEM)) for k in keys})
+    client.set("base:k", serializer.to_json(validator.validate_python(ITEM)))
+
+    def get() -> object:
+        raw = client.get("base:k")
+        return None if raw is None else validator.validate_json(raw)
+
+    def set_ttl() -> None:
+        client.set("base:s", serializer.to_json(validator.validate_python(ITEM)), px=60_000)
+
+    def update() -> object:
+        token = secrets.token_hex(16)
+        while True:
+            (entry,) = acquire(keys=["base:u", "base:u:lock"], args=[token, 10_000])
+            if entry[0] == 1:
+                break
+            time.sleep(0.05)
+        current = validator.validate_json(entry[1]) if len(entry) > 1 else None
+        new = validator.validate_python(bump(current)["value"])
+        data = serializer.to_json(new)
+        commit(keys=["base:u", "base:u:lock"], args=[token, "keep", data, ""])
+        return new
+
+    def get_many() -> object:
+        return [None if r is None else validator.validate_json(r) for r in client.mget(keys)]
+
+    def update_many() -> object:
+        token = secrets.token_hex(16)
+        pipe = client.pipeline(transaction=False)
+        for k in keys:
+            acquire(keys=[k, k + ":lock"], args=[token, 10_000], client=pipe)
+        entries = pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        for k, (entry,) in zip(keys, entries, strict=True):
+            current = validator.validate_json(entry[1]) if len(entry) > 1 else None
+            data = serializer.to_json(validator.validate_python(bump(current)["value"]))
+            commit(keys=[k, k + ":lock"], args=[token, "keep", data, ""], client=pipe)
+        return pipe.execute()
+
+    out = {
+        "get": _timed(get, count),
+        "set_ttl": _timed(set_ttl, count),
+        "update": _timed(update, count // 2),
+        "get_many_100": _timed(get_many, count // 20, BATCH),
+        "update_many_100": _timed(update_many, count // 50, BATCH),
+    }
+    client.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--impl", choices=["cython", "python", "baseline"], required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--count", type=int, default=3000)
+    args = parser.parse_args()
+    if args.impl == "baseline":
+        result = baseline_workloads(args.url, args.count)
+    else:
+        result = bantai_workloads(args.url, args.count)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The hot path in pure Python: the twin of `_speedups.pyx`, name for name.
+
+Used when the compiled extension is unavailable or `BANTAI_NO_EXTENSIONS=1`. Every public
+function here has the same signature and the same results as its compiled twin; the
+test suite runs against both and a Hypothesis test compares them directly.
+
+What lives here: RESP command packing, one request/reply exchange on a redis-py
+connection's socket (replies parsed by hiredis, error replies turned into redis-py's
+exception classes and returned in place), and lock tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis._parsers import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+_READ_SIZE = 65536
+_parse_error = BaseParser.parse_error
+# hiredis' default "incomplete" marker is False, which is also a RESP3 boolean reply.
+_INCOMPLETE = object()
+
+
+def new_token() -> bytes:
+    """A lock token: 128 bits from the OS CSPRNG as 32 lowercase hex digits."""
+    return os.urandom(16).hex().encode()
+
+
+def _arg_bytes(arg: object) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode("utf-8")
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return str(arg).encode()
+    if isinstance(arg, (bytearray, memoryview)):
+        return bytes(arg)
+    raise TypeError(f"cannot send {type(arg).__name__} to Redis: use bytes, str or int")
+
+
+def pack_commands(commands: Sequence[Sequence[object]]) -> bytes:
+    """RESP arrays of bulk strings for every command, back to back (one write)."""
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = _arg_bytes(arg)
+            out.append(b"$%d\r\n" % len(data))
+            out.append(data)
+            out.append(b"\r\n")
+    return b"".join(out)
+
+
+def exchange(conn: Any, commands: Sequence[Sequence[object]]) -> list[Any]:
+    """Send `commands` on a connected redis-py connection and read one reply each.
+
+    Error replies come back as redis-py exception instances (`NoScriptError`,
+    `OutOfMemoryError`, ...) in place, so a batch reads past them; RESP3 push messages are
+    skipped. A socket failure disconnects `conn` and raises redis-py's `ConnectionError` /
+    `TimeoutError`; any other interruption disconnects it too (its replies are unread)."""
+    payload = pack_commands(commands)
+    sock = conn._sock
+    if sock is None:
+        conn.connect()
+        sock = conn._sock
+    reader = hiredis.Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
+    replies: list[Any] = []
+    remaining = len(commands)
+    try:
+        sock.sendall(payload)
+        while remaining:
+            reply = reader.gets()
+            if reply is _INCOMPLETE:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    raise RedisConnectionError("Connection closed by server.")
+                reader.feed(data)
+                continue
+            if type(reply) is hiredis.PushNotification:
+                continue
+            replies.append(reply)
+            remaining -= 1
+    except TimeoutError:
+        conn.disconnect()
+        raise RedisTimeoutError(f"Timeout talking to {_where(conn)}") from None
+    except OSError as exc:
+        conn.disconnect()
+        raise RedisConnectionError(f"Error talking to {_where(conn)}: {exc}") from exc
+    except BaseException:
+        conn.disconnect()
+        raise
+    return replies
+
+
+def _where(conn: Any) -> str:
+    path = getattr(conn, "path", None)
+    return str(path) if path else f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
