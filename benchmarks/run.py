@@ -28,7 +28,7 @@ from bantai.redis import scripts
 from bantai.testing import LocalRedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-IMPLS = ("cython", "python", "baseline")
+IMPLS = ("cython", "python", "baseline", "cython+busy-poll")
 WORKLOADS = ("get", "set_ttl", "update", "get_many_100", "update_many_100")
 
 # (name, target, numerator, denominator) — ratios the issue asks the report to show.
@@ -63,7 +63,7 @@ def run_workloads(impl: str, url: str, count: int) -> dict[str, float]:
     env.pop("BANTAI_NO_EXTENSIONS", None)
     if impl == "python":
         env["BANTAI_NO_EXTENSIONS"] = "1"
-    if impl in ("cython", "python"):
+    if impl != "baseline":
         env["BANTAI_BENCH_EXPECT"] = impl
     out = subprocess.run(
         [
@@ -153,9 +153,9 @@ def report(medians: dict[str, dict[str, float]], samples: dict[str, Any], *, smo
         f"\nsync, one connection, median ops/s (keys/s for batches); {platform.node()}, "
         f"Python {platform.python_version()}"
     )
-    print(f"{'workload':<18}" + "".join(f"{i:>12}" for i in IMPLS))
+    print(f"{'workload':<18}" + "".join(f"{i:>18}" for i in IMPLS))
     for w in WORKLOADS:
-        print(f"{w:<18}" + "".join(f"{medians[i].get(w, 0):>12,.0f}" for i in IMPLS))
+        print(f"{w:<18}" + "".join(f"{medians[i].get(w, 0):>18,.0f}" for i in IMPLS))
     print("\nredis-benchmark on the same server:")
     for k, v in medians["rb"].items():
         print(f"  {k:<24}{v:>12,.0f}")
@@ -208,7 +208,7 @@ def chart(medians: dict[str, dict[str, float]], path: Path) -> None:
         values = [medians[i].get(w, 0) for i in IMPLS]
         if w in ceilings:
             values.append(medians["rb"][ceilings[w]])
-        ax.bar(names, values, color=["#2a7", "#7a2", "#888", "#49c"][: len(names)])
+        ax.bar(names, values, color=["#2a7", "#7a2", "#888", "#a5d", "#49c"][: len(names)])
         ax.set_title(w)
         ax.tick_params(axis="x", rotation=45)
     axes[0].set_ylabel("ops/s (keys/s for batches)")

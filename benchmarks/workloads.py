@@ -27,6 +27,7 @@ class Item(BaseModel):
 
 ITEM = {"id": 7, "name": "widget", "score": 1.5}
 BATCH = 100
+BUSY_POLL_US = 100
 
 
 def bump(current: Item | None) -> dict[str, Any]:
@@ -48,10 +49,13 @@ def bantai_workloads(url: str, count: int) -> dict[str, float]:
     from bantai.redis import IMPLEMENTATION
 
     expected = os.environ.get("BANTAI_BENCH_EXPECT")
-    if expected and expected != IMPLEMENTATION:
+    if expected and expected.split("+")[0] != IMPLEMENTATION:
         raise SystemExit(f"expected the {expected} implementation, got {IMPLEMENTATION}")
     client = redis.Redis.from_url(url)
-    storage = create_redis_storage({"client": client}, Item, {"prefix": f"{IMPLEMENTATION}:"})
+    spin = int(os.environ.get("BANTAI_BENCH_BUSY_POLL_US", "0"))
+    storage = create_redis_storage(
+        {"client": client}, Item, {"prefix": f"{IMPLEMENTATION}:", "busy_poll_us": spin}
+    )
     keys = [f"many:{i}" for i in range(BATCH)]
     storage.set_many({k: ITEM for k in keys})
     storage.set("k", ITEM)
@@ -131,10 +135,14 @@ def baseline_workloads(url: str, count: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--impl", choices=["cython", "python", "baseline"], required=True)
+    parser.add_argument(
+        "--impl", choices=["cython", "python", "baseline", "cython+busy-poll"], required=True
+    )
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, default=3000)
     args = parser.parse_args()
+    if args.impl == "cython+busy-poll":
+        os.environ["BANTAI_BENCH_BUSY_POLL_US"] = str(BUSY_POLL_US)
     if args.impl == "baseline":
         result = baseline_workloads(args.url, args.count)
     else:

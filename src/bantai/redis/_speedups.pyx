@@ -2,8 +2,9 @@
 """The compiled hot path. Twin of `_speedups_pure.py`: same names, signatures, results.
 
 RESP packing is done into one buffer sized up front (no per-argument bytes objects for
-the framing), tokens are hex-encoded in C, and the request/reply loop runs without
-interpreter overhead around the hiredis reader.
+the framing), tokens are hex-encoded in C, the request/reply loop runs without
+interpreter overhead around the hiredis reader, and busy-polling spins in C without
+holding the GIL (other threads keep running).
 """
 
 import os
@@ -14,9 +15,32 @@ from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.unicode cimport PyUnicode_AsUTF8String
+from libc.errno cimport EAGAIN, EINTR, errno
 from libc.string cimport memcpy
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    short POLLIN
+    short POLLOUT
+
+cdef extern from "<errno.h>" nogil:
+    int EWOULDBLOCK
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+
 
 cdef Py_ssize_t _READ_SIZE = 65536
 cdef object _parse_error = BaseParser.parse_error
@@ -26,6 +50,8 @@ cdef object _Reader = hiredis.Reader
 cdef object _PushNotification = hiredis.PushNotification
 cdef object _urandom = os.urandom
 cdef object _socket_timeout = socket.timeout
+cdef object _plain_socket = socket.socket
+cdef object _strerror = os.strerror
 cdef const char* _HEX = b"0123456789abcdef"
 
 
@@ -76,7 +102,7 @@ cdef inline char* _write_header(char* p, char kind, Py_ssize_t n):
     return p + d + 3
 
 
-def pack_commands(commands):
+cpdef bytes pack_commands(commands):
     """RESP arrays of bulk strings for every command, back to back (one write)."""
     cdef list parts = []
     cdef Py_ssize_t total = 0
@@ -109,47 +135,161 @@ def pack_commands(commands):
     return out
 
 
-def exchange(conn, commands):
-    """Send `commands` on a connected redis-py connection and read one reply each.
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
-    Error replies come back as redis-py exception instances in place; RESP3 push messages
-    are skipped. A socket failure disconnects `conn` and raises redis-py's
-    `ConnectionError` / `TimeoutError`; any other interruption disconnects it too."""
-    cdef bytes payload = pack_commands(commands)
-    sock = conn._sock
-    if sock is None:
-        conn.connect()
+
+cdef void _spin_until_readable(int fd, long spin_us) noexcept nogil:
+    """Poll (without sleeping, without the GIL) until readable or `spin_us` has passed."""
+    cdef pollfd pfd
+    cdef double deadline = _now() + spin_us * 1e-6
+    pfd.fd = fd
+    pfd.events = POLLIN
+    while poll(&pfd, 1, 0) == 0:
+        if _now() >= deadline:
+            return
+
+
+cdef int _wait(int fd, short events, int timeout_ms) noexcept nogil:
+    """poll() for `events`, retrying on EINTR; 1 ready, 0 timed out, -1 error (errno)."""
+    cdef pollfd pfd
+    cdef int rc
+    pfd.fd = fd
+    pfd.events = events
+    while True:
+        rc = poll(&pfd, 1, timeout_ms)
+        if rc >= 0 or errno != EINTR:
+            return 1 if rc > 0 else rc
+
+
+cdef class Wire:
+    """A borrowed redis-py connection plus its reply reader, reused across exchanges.
+    See `_speedups_pure.Wire` for the contract.
+
+    On a plain TCP/Unix socket the bytes move with send()/recv() on the descriptor,
+    without the GIL and into one reused buffer, honouring the socket's timeout like
+    Python's socket methods do; TLS sockets go through their Python methods."""
+
+    cdef public object conn
+    cdef public object reader
+    cdef public Py_ssize_t errors
+    cdef bytearray _buffer
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.reader = _Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
+        self.errors = 0
+        self._buffer = bytearray(_READ_SIZE)
+
+    def exchange(self, commands, long spin_us=0):
+        cdef bytes payload = pack_commands(commands)
+        conn = self.conn
         sock = conn._sock
-    reader = _Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
-    cdef list replies = []
-    cdef Py_ssize_t remaining = len(commands)
-    try:
-        sock.sendall(payload)
-        recv = sock.recv
-        gets = reader.gets
-        feed = reader.feed
-        while remaining:
-            reply = gets()
-            if reply is _INCOMPLETE:
-                data = recv(_READ_SIZE)
-                if not data:
-                    raise RedisConnectionError("Connection closed by server.")
-                feed(data)
-                continue
-            if type(reply) is _PushNotification:
-                continue
-            replies.append(reply)
-            remaining -= 1
-    except _socket_timeout:
-        conn.disconnect()
-        raise RedisTimeoutError(f"Timeout talking to {_where(conn)}") from None
-    except OSError as exc:
-        conn.disconnect()
-        raise RedisConnectionError(f"Error talking to {_where(conn)}: {exc}") from exc
-    except BaseException:
-        conn.disconnect()
-        raise
-    return replies
+        if sock is None:
+            conn.connect()
+            sock = conn._sock
+        cdef list replies = []
+        cdef Py_ssize_t remaining = len(commands)
+        cdef Py_ssize_t errors = 0
+        cdef bint raw = type(sock) is _plain_socket
+        cdef int fd = -1
+        cdef int timeout_ms = -1
+        gets = self.reader.gets
+        feed = self.reader.feed
+        try:
+            if raw:
+                fd = sock.fileno()
+                timeout = sock.gettimeout()
+                if timeout is not None:
+                    timeout_ms = max(0, <int>(timeout * 1000 + 0.999))
+                self._send_all(fd, payload, timeout_ms)
+            else:
+                sock.sendall(payload)
+            if spin_us > 0:
+                fd = sock.fileno()
+                with nogil:
+                    _spin_until_readable(fd, spin_us)
+            while remaining:
+                reply = gets()
+                if reply is _INCOMPLETE:
+                    if raw:
+                        feed(self._buffer, 0, self._recv_some(fd, timeout_ms))
+                    else:
+                        data = sock.recv(_READ_SIZE)
+                        if not data:
+                            raise RedisConnectionError("Connection closed by server.")
+                        feed(data)
+                    continue
+                if type(reply) is _PushNotification:
+                    continue
+                if isinstance(reply, Exception):
+                    errors += 1
+                replies.append(reply)
+                remaining -= 1
+        except _socket_timeout:
+            conn.disconnect()
+            raise RedisTimeoutError(f"Timeout talking to {_where(conn)}") from None
+        except OSError as exc:
+            conn.disconnect()
+            raise RedisConnectionError(f"Error talking to {_where(conn)}: {exc}") from exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        self.errors = errors
+        return replies
+
+    cdef void _send_all(self, int fd, bytes payload, int timeout_ms) except *:
+        cdef const char* p = PyBytes_AS_STRING(payload)
+        cdef Py_ssize_t left = PyBytes_GET_SIZE(payload)
+        cdef ssize_t n
+        cdef int err
+        while left > 0:
+            with nogil:
+                n = send(fd, p, left, MSG_NOSIGNAL)
+                err = errno
+            if n >= 0:
+                p += n
+                left -= n
+            elif err == EINTR:
+                PyErr_CheckSignals()
+            elif err == EAGAIN or err == EWOULDBLOCK:
+                self._ready(fd, POLLOUT, timeout_ms)
+            else:
+                raise OSError(err, _strerror(err))
+
+    cdef Py_ssize_t _recv_some(self, int fd, int timeout_ms) except -1:
+        cdef char* buf = PyByteArray_AS_STRING(self._buffer)
+        cdef ssize_t n
+        cdef int err
+        while True:
+            with nogil:
+                n = recv(fd, buf, _READ_SIZE, 0)
+                err = errno
+            if n > 0:
+                return n
+            if n == 0:
+                raise RedisConnectionError("Connection closed by server.")
+            if err == EINTR:
+                PyErr_CheckSignals()
+            elif err == EAGAIN or err == EWOULDBLOCK:
+                self._ready(fd, POLLIN, timeout_ms)
+            else:
+                raise OSError(err, _strerror(err))
+
+    cdef void _ready(self, int fd, short events, int timeout_ms) except *:
+        """Wait (without the GIL) until the non-blocking socket is ready, or time out the
+        way a Python socket with this timeout would."""
+        cdef int rc
+        cdef int err
+        with nogil:
+            rc = _wait(fd, events, timeout_ms)
+            err = errno
+        if rc == 0:
+            raise _socket_timeout("timed out")
+        if rc < 0:
+            raise OSError(err, _strerror(err))
 
 
 cdef str _where(conn):

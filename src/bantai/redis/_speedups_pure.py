@@ -1,17 +1,21 @@
 """The hot path in pure Python: the twin of `_speedups.pyx`, name for name.
 
 Used when the compiled extension is unavailable or `BANTAI_NO_EXTENSIONS=1`. Every public
-function here has the same signature and the same results as its compiled twin; the
-test suite runs against both and a Hypothesis test compares them directly.
+name here has the same signature and the same results as its compiled twin; the test
+suite runs against both and Hypothesis tests compare them directly.
 
-What lives here: RESP command packing, one request/reply exchange on a redis-py
-connection's socket (replies parsed by hiredis, error replies turned into redis-py's
-exception classes and returned in place), and lock tokens.
+What lives here: RESP command packing, the request/reply exchange on a redis-py
+connection's socket (`Wire`: replies parsed by hiredis, error replies turned into
+redis-py's exception classes and returned in place, optional bounded busy-polling), and
+lock tokens.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,45 +60,79 @@ def pack_commands(commands: Sequence[Sequence[object]]) -> bytes:
     return b"".join(out)
 
 
-def exchange(conn: Any, commands: Sequence[Sequence[object]]) -> list[Any]:
-    """Send `commands` on a connected redis-py connection and read one reply each.
+class Wire:
+    """A borrowed redis-py connection plus its reply reader, reused across exchanges.
 
-    Error replies come back as redis-py exception instances (`NoScriptError`,
-    `OutOfMemoryError`, ...) in place, so a batch reads past them; RESP3 push messages are
-    skipped. A socket failure disconnects `conn` and raises redis-py's `ConnectionError` /
-    `TimeoutError`; any other interruption disconnects it too (its replies are unread)."""
-    payload = pack_commands(commands)
-    sock = conn._sock
-    if sock is None:
-        conn.connect()
+    `exchange` sends commands in one write and reads one reply each. Error replies come
+    back as redis-py exception instances in place (`errors` counts them), so a batch
+    reads past them; RESP3 push messages are skipped. A socket failure disconnects the
+    connection and raises redis-py's `ConnectionError` / `TimeoutError`; any other
+    interruption disconnects it too (its replies are unread). Discard the wire then.
+
+    With `spin_us > 0` the first read busy-polls the socket (non-blocking) for up to that
+    many microseconds before blocking: the reply usually arrives before the thread would
+    have gone to sleep, which saves the scheduler wake-up (tens of microseconds on an
+    idle machine) at the price of that much CPU.
+    """
+
+    __slots__ = ("conn", "errors", "reader")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.reader = hiredis.Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
+        self.errors = 0
+
+    def exchange(self, commands: Sequence[Sequence[object]], spin_us: int = 0) -> list[Any]:
+        payload = pack_commands(commands)
+        conn = self.conn
         sock = conn._sock
-    reader = hiredis.Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
-    replies: list[Any] = []
-    remaining = len(commands)
-    try:
-        sock.sendall(payload)
-        while remaining:
-            reply = reader.gets()
-            if reply is _INCOMPLETE:
-                data = sock.recv(_READ_SIZE)
-                if not data:
-                    raise RedisConnectionError("Connection closed by server.")
-                reader.feed(data)
-                continue
-            if type(reply) is hiredis.PushNotification:
-                continue
-            replies.append(reply)
-            remaining -= 1
-    except TimeoutError:
-        conn.disconnect()
-        raise RedisTimeoutError(f"Timeout talking to {_where(conn)}") from None
-    except OSError as exc:
-        conn.disconnect()
-        raise RedisConnectionError(f"Error talking to {_where(conn)}: {exc}") from exc
-    except BaseException:
-        conn.disconnect()
-        raise
-    return replies
+        if sock is None:
+            conn.connect()
+            sock = conn._sock
+        reader = self.reader
+        replies: list[Any] = []
+        remaining = len(commands)
+        errors = 0
+        try:
+            sock.sendall(payload)
+            if spin_us > 0:
+                _spin_until_readable(sock, spin_us)
+            while remaining:
+                reply = reader.gets()
+                if reply is _INCOMPLETE:
+                    data = sock.recv(_READ_SIZE)
+                    if not data:
+                        raise RedisConnectionError("Connection closed by server.")
+                    reader.feed(data)
+                    continue
+                if type(reply) is hiredis.PushNotification:
+                    continue
+                if isinstance(reply, Exception):
+                    errors += 1
+                replies.append(reply)
+                remaining -= 1
+        except TimeoutError:
+            conn.disconnect()
+            raise RedisTimeoutError(f"Timeout talking to {_where(conn)}") from None
+        except OSError as exc:
+            conn.disconnect()
+            raise RedisConnectionError(f"Error talking to {_where(conn)}: {exc}") from exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        self.errors = errors
+        return replies
+
+
+def _spin_until_readable(sock: socket.socket, spin_us: int) -> None:
+    """Poll (without sleeping) until the socket is readable or `spin_us` has passed."""
+    deadline = time.perf_counter() + spin_us / 1e6
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poll = poller.poll
+    while not poll(0):
+        if time.perf_counter() >= deadline:
+            return
 
 
 def _where(conn: Any) -> str:

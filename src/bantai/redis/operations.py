@@ -140,28 +140,49 @@ def merge_resend(
 
 
 # --- plain reads and writes ---------------------------------------------------------------
+#
+# A single-command operation is a request builder and a reply reader. The generator forms
+# below compose the two for drivers that only run generators; the sync facade calls the
+# halves directly around one exchange, which skips the generator protocol on the hottest
+# calls without a second copy of their logic.
 
 
-def get(ctx: Context[T], key: Key) -> Operation[T | None]:
-    redis_key = ctx.layout.value_key(encode_key(key))
-    (reply,) = yield RoundTrip(((b"GET", redis_key),))
+def get_request(ctx: Context[T], key: Key) -> Command:
+    return (b"GET", ctx.layout.value_key(encode_key(key)))
+
+
+def get_reply(ctx: Context[T], key: Key, reply: Any) -> T | None:
     return ctx.codec.decode(check_reply(reply, (key,)), key)
 
 
-def set_(ctx: Context[T], key: Key, value: object, ttl_ms: object = None) -> Operation[None]:
+def set_request(ctx: Context[T], key: Key, value: object, ttl_ms: object = None) -> Command:
     redis_key = ctx.layout.value_key(encode_key(key))
     ttl = ttl_to_ms(ttl_ms)
     _, data = ctx.codec.encode(value, key)
-    command: Command = (
-        (b"SET", redis_key, data) if ttl is None else (b"SET", redis_key, data, b"PX", ttl)
-    )
-    (reply,) = yield RoundTrip((command,))
+    return (b"SET", redis_key, data) if ttl is None else (b"SET", redis_key, data, b"PX", ttl)
+
+
+def delete_request(ctx: Context[T], key: Key) -> Command:
+    return (b"DEL", ctx.layout.value_key(encode_key(key)))
+
+
+def written_reply(ctx: Context[T], key: Key, reply: Any) -> None:
     check_reply(reply, (key,))
+
+
+def get(ctx: Context[T], key: Key) -> Operation[T | None]:
+    (reply,) = yield RoundTrip((get_request(ctx, key),))
+    return get_reply(ctx, key, reply)
+
+
+def set_(ctx: Context[T], key: Key, value: object, ttl_ms: object = None) -> Operation[None]:
+    (reply,) = yield RoundTrip((set_request(ctx, key, value, ttl_ms),))
+    written_reply(ctx, key, reply)
 
 
 def delete(ctx: Context[T], key: Key) -> Operation[None]:
-    (reply,) = yield RoundTrip(((b"DEL", ctx.layout.value_key(encode_key(key))),))
-    check_reply(reply, (key,))
+    (reply,) = yield RoundTrip((delete_request(ctx, key),))
+    written_reply(ctx, key, reply)
 
 
 def get_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[dict[Key, T | None]]:

@@ -10,21 +10,21 @@ from typing import Literal
 IMPLEMENTATION: Literal["cython", "python"]
 
 if os.environ.get("BANTAI_NO_EXTENSIONS", "") not in ("", "0"):
-    from bantai.redis._speedups_pure import exchange, new_token, pack_commands
+    from bantai.redis._speedups_pure import Wire, new_token, pack_commands
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from bantai.redis._speedups import (  # type: ignore[no-redef,unused-ignore]
-            exchange,
+        from bantai.redis._speedups import (  # type: ignore[assignment,no-redef,unused-ignore]
+            Wire,
             new_token,
             pack_commands,
         )
 
         IMPLEMENTATION = "cython"
     except ImportError:
-        from bantai.redis._speedups_pure import exchange, new_token, pack_commands
+        from bantai.redis._speedups_pure import Wire, new_token, pack_commands
 
         IMPLEMENTATION = "python"
 
-__all__ = ["IMPLEMENTATION", "exchange", "new_token", "pack_commands"]
+__all__ = ["IMPLEMENTATION", "Wire", "new_token", "pack_commands"]

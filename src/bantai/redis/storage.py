@@ -41,7 +41,7 @@ class RedisStorage(Generic[T]):
         self._ctx: ops.Context[T] = ops.Context(
             KeyLayout(self.options.prefix_bytes), codec_for(schema), self.options
         )
-        self._driver = SyncDriver(client)
+        self._driver = SyncDriver(client, busy_poll_us=self.options.busy_poll_us)
 
     @property
     def client(self) -> redis.Redis:
@@ -50,15 +50,17 @@ class RedisStorage(Generic[T]):
 
     def get(self, key: Key) -> T | None:
         """The value stored under `key`, validated, or None when there is none."""
-        op = ops.get(self._ctx, key)
-        return self._driver.run(op)
+        ctx = self._ctx
+        return ops.get_reply(ctx, key, self._driver.call(ops.get_request(ctx, key)))
 
     def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
         """Validate `value` and store it (with a TTL in ms or as a timedelta, if given)."""
-        self._driver.run(ops.set_(self._ctx, key, value, ttl_ms))
+        ctx = self._ctx
+        ops.written_reply(ctx, key, self._driver.call(ops.set_request(ctx, key, value, ttl_ms)))
 
     def delete(self, key: Key) -> None:
-        self._driver.run(ops.delete(self._ctx, key))
+        ctx = self._ctx
+        ops.written_reply(ctx, key, self._driver.call(ops.delete_request(ctx, key)))
 
     def append(self, key: Key, item: Any) -> None:
         """Append `item` to the list stored under `key` (list schemas only), atomically and

@@ -37,7 +37,7 @@ from bantai.redis.operations import (
     merge_resend,
     noscript_resend,
 )
-from bantai.redis.speedups import exchange
+from bantai.redis.speedups import Wire
 
 R = TypeVar("R")
 
@@ -59,11 +59,12 @@ class SyncDriver:
     """Drives operations over `client.connection_pool` (a `redis.Redis`, including
     Sentinel-managed clients)."""
 
-    __slots__ = ("__weakref__", "_idle", "_pool")
+    __slots__ = ("__weakref__", "_idle", "_pool", "_spin_us")
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, busy_poll_us: int = 0) -> None:
         self._pool = client.connection_pool
-        self._idle: list[Any] = []
+        self._idle: list[Wire] = []
+        self._spin_us = busy_poll_us
         _drivers.add(self)
 
     def run(self, op: Operation[R]) -> R:
@@ -89,14 +90,20 @@ class SyncDriver:
                 except BaseException as exc:
                     error = exc
 
+    def call(self, command: Command) -> Any:
+        """One retry-safe command, one reply (the hot path of get / set / delete)."""
+        return self.round_trip(RoundTrip((command,)))[0]
+
     def round_trip(self, step: RoundTrip) -> list[Any]:
         retried = False
         while True:
-            conn = self._checkout(fresh=not step.retry_safe)
+            wire = self._checkout(fresh=not step.retry_safe)
             try:
-                replies = self._exchange(conn, step.commands)
+                replies = wire.exchange(step.commands, self._spin_us)
+                if wire.errors:
+                    replies = self._recover(wire, step.commands, replies)
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                self._discard(conn)
+                self._discard(wire)
                 if step.retry_safe:
                     # One resend covers a connection that died while idle (a server
                     # restart). Not for auth failures (a subclass) or timeouts: no storms.
@@ -108,47 +115,48 @@ class SyncDriver:
                 # lost reply means (for a commit: outcome unknown, never a resend).
                 raise ReplyLost() from exc
             except BaseException:
-                self._discard(conn)  # interrupted mid-exchange: its replies are unread
+                self._discard(wire)  # interrupted mid-exchange: its replies are unread
                 raise
-            if any(type(r) is ReadOnlyError for r in replies):
-                self._discard(conn)  # a failed-over primary: reconnect through the pool
-            else:
-                self._idle.append(conn)
+            self._idle.append(wire)
             return replies
 
-    def _exchange(self, conn: Any, commands: Sequence[Command]) -> list[Any]:
-        replies = exchange(conn, commands)
+    def _recover(self, wire: Wire, commands: Sequence[Command], replies: list[Any]) -> list[Any]:
+        """Only when a reply was an error: resend what failed with NOSCRIPT; after a
+        READONLY (a failed-over primary) make sure this connection is not reused."""
         resend = noscript_resend(commands, replies)
         if resend is not None:
             failed, again = resend
-            replies = merge_resend(replies, failed, exchange(conn, again))
+            replies = merge_resend(replies, failed, wire.exchange(again, self._spin_us))
+        if any(type(r) is ReadOnlyError for r in replies):
+            wire.conn.disconnect()  # the pool reconnects it (to the new primary) when reused
         return replies
 
-    def _checkout(self, *, fresh: bool) -> Any:
+    def _checkout(self, *, fresh: bool) -> Wire:
         try:
-            conn = self._idle.pop()
+            wire = self._idle.pop()
         except IndexError:
-            return self._pool.get_connection()  # connects and authenticates if needed
+            return Wire(self._pool.get_connection())  # connects and authenticates if needed
         if fresh:
             # Before a write that must not be sent twice, make sure an idle connection was
             # not closed under us: afterwards, a failure would be reported as ambiguous.
+            conn = wire.conn
             try:
                 usable = conn._sock is not None and not conn.can_read()
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 usable = False
             if not usable:
-                self._discard(conn)
-                return self._pool.get_connection()
-        return conn
+                self._discard(wire)
+                return Wire(self._pool.get_connection())
+        return wire
 
-    def _discard(self, conn: Any) -> None:
+    def _discard(self, wire: Wire) -> None:
         idle, self._idle = self._idle, []
-        for c in (conn, *idle):
-            c.disconnect()
-            self._pool.release(c)
+        for w in (wire, *idle):
+            w.conn.disconnect()
+            self._pool.release(w.conn)
 
     def close(self) -> None:
         """Hand every borrowed connection back to the pool."""
         idle, self._idle = self._idle, []
-        for conn in idle:
-            self._pool.release(conn)
+        for wire in idle:
+            self._pool.release(wire.conn)

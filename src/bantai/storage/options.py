@@ -26,12 +26,19 @@ class StorageOptions:
     - `lock_ttl_ms`: how long a lock lives if its holder dies (default 10000; must be
       >= `lock_timeout_ms`).
     - `lock_retry_ms`: pause between attempts on a busy lock (default 50, with jitter).
+    - `busy_poll_us`: Redis only. After sending, spin (poll the socket without sleeping)
+      for up to this many microseconds before blocking for the reply (default 0 = off).
+      Saves the thread wake-up latency (often more than half of a loopback round trip on
+      an idle machine) at the price of that much CPU per round trip; the compiled build
+      spins without holding the GIL. Worth it for latency-critical threads with a core
+      to spare; not with many busy threads on few cores. At most 10000.
     """
 
     prefix: str | bytes = ""
     lock_timeout_ms: int = 5000
     lock_ttl_ms: int = 10000
     lock_retry_ms: int = 50
+    busy_poll_us: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, (str, bytes)):
@@ -44,6 +51,15 @@ class StorageOptions:
         _check_ms("lock_timeout_ms", self.lock_timeout_ms, minimum=0)
         _check_ms("lock_ttl_ms", self.lock_ttl_ms, minimum=1)
         _check_ms("lock_retry_ms", self.lock_retry_ms, minimum=1)
+        if (
+            not isinstance(self.busy_poll_us, int)
+            or isinstance(self.busy_poll_us, bool)
+            or not (0 <= self.busy_poll_us <= 10_000)
+        ):
+            raise InvalidOptionError(
+                f"busy_poll_us must be an int from 0 to 10000 (microseconds), "
+                f"not {self.busy_poll_us!r}"
+            )
         if self.lock_ttl_ms < self.lock_timeout_ms:
             raise InvalidOptionError(
                 f"lock_ttl_ms ({self.lock_ttl_ms}) must be >= lock_timeout_ms "
