@@ -116,8 +116,8 @@ def redis_benchmark(server: LocalRedisServer, requests: int) -> dict[str, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--smoke", action="store_true", help="one tiny round (CI)")
     args = parser.parse_args()
     rounds, count, rb_requests = args.rounds, args.count, 20_000

@@ -65,6 +65,9 @@ def test_factory_errors(source: Any, message: str) -> None:
         ({"lock_timeout_ms": 1.5}, "lock_timeout_ms"),
         ({"lock_retry_ms": True}, "lock_retry_ms"),
         ({"prefix": 5}, "prefix"),
+        ({"busy_poll_us": -1}, "busy_poll_us"),
+        ({"busy_poll_us": 20_000}, "busy_poll_us"),
+        ({"busy_poll_us": 1.5}, "busy_poll_us"),
         ({"lockTimeoutMs": 10}, "unknown option"),
     ],
 )
@@ -270,18 +273,29 @@ def test_concurrent_update_many_is_exact(make_redis_storage: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "client_options",
-    [{"protocol": 2}, {"protocol": 3}, {"decode_responses": True}],
-    ids=["resp2", "resp3", "decode_responses"],
+    "client_options,busy_poll_us",
+    [
+        ({"protocol": 2}, 0),
+        ({"protocol": 3}, 0),
+        ({"decode_responses": True}, 0),
+        ({"socket_timeout": 2.0}, 0),
+        ({}, 200),
+        ({"socket_timeout": 2.0}, 10_000),
+    ],
+    ids=["resp2", "resp3", "decode_responses", "socket_timeout", "busy-poll", "busy-poll+timeout"],
 )
 def test_any_client_configuration(
-    redis_server: LocalRedisServer, raw: redis.Redis, client_options: dict[str, Any]
+    redis_server: LocalRedisServer,
+    raw: redis.Redis,
+    client_options: dict[str, Any],
+    busy_poll_us: int,
 ) -> None:
-    """A user's client keeps its settings; replies are read the same in RESP2 and RESP3 and
-    with decode_responses=True."""
+    """A user's client keeps its settings; replies are read the same in RESP2 and RESP3,
+    with decode_responses=True, with a socket timeout, and with busy-polling."""
     client = redis.Redis.from_url(redis_server.url, **client_options)
-    storage = create_redis_storage({"client": client}, Counter, {"prefix": "cfg:"})
-    lists = create_redis_storage({"client": client}, list[int], {"prefix": "cfg:"})
+    options = {"prefix": "cfg:", "busy_poll_us": busy_poll_us}
+    storage = create_redis_storage({"client": client}, Counter, options)
+    lists = create_redis_storage({"client": client}, list[int], options)
     assert storage.get("c") is None
     assert storage.update("c", increment) == Counter(count=1)
     storage.set("d", {"count": 4}, ttl_ms=10_000)

@@ -260,3 +260,26 @@ def test_no_lost_updates_16_processes(make_redis_storage: Any, raw: redis.Redis)
         assert child.exitcode == 0
     assert storage.get("n") == Counter(count=16_000)
     assert raw.keys("p16:*lock") == []
+
+
+@pytest.mark.parametrize("busy_poll_us", [0, 500])
+def test_frozen_server_times_out_then_recovers(
+    own_redis_server: Callable[..., LocalRedisServer], busy_poll_us: int
+) -> None:
+    server = own_redis_server()
+    client = redis.Redis.from_url(server.url, socket_timeout=0.3)
+    storage = create_redis_storage(
+        {"client": client}, Counter, {"prefix": "frz:", "busy_poll_us": busy_poll_us}
+    )
+    storage.set("c", {"count": 1})
+    server.signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.TimeoutError):
+            storage.get("c")
+        assert 0.25 <= time.monotonic() - started < 1.5
+    finally:
+        server.signal(signal.SIGCONT)
+    assert storage.get("c") == Counter(count=1)  # a fresh connection, replies in step
+    assert storage.update("c", increment) == Counter(count=2)
+    client.close()
