@@ -4,14 +4,22 @@ a silent skip. No test uses or flushes a server it did not start."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from bantai import create_memory_storage, create_redis_storage
+from bantai import (
+    create_async_memory_storage,
+    create_async_redis_storage,
+    create_memory_storage,
+    create_redis_storage,
+)
 from bantai.testing import LocalRedisServer, RedisServerNotFound, find_redis_server
 
 _prefix_counter = itertools.count()
@@ -60,26 +68,88 @@ def raw(redis_server: LocalRedisServer) -> Iterator[redis.Redis]:
 StorageFactory = Callable[..., Any]
 
 
-def _factory(kind: str, url: str) -> tuple[StorageFactory, list[Any]]:
+class LoopThread:
+    """An event loop in a thread of its own, so blocking tests can drive asyncio storages."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class BlockingShim:
+    """Presents an asyncio storage through the blocking API by running every call on the
+    loop thread: the whole conformance suite then exercises the asyncio adapters too,
+    including many threads issuing calls concurrently onto one event loop."""
+
+    def __init__(self, storage: Any, loop: LoopThread) -> None:
+        self._storage = storage
+        self._loop = loop
+        self.options = storage.options
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._storage, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+        return lambda *args, **kwargs: self._loop.run(attr(*args, **kwargs))
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.stop()
+
+
+def _factory(
+    kind: str, url: str, loop: LoopThread | None = None
+) -> tuple[StorageFactory, list[Any]]:
     created: list[Any] = []
 
     def make(schema: object, **options: Any) -> Any:
         options.setdefault("prefix", unique_prefix())
         if kind == "memory":
-            storage = create_memory_storage(schema, options)
-        else:
+            storage: Any = create_memory_storage(schema, options)
+        elif kind == "redis":
             storage = create_redis_storage({"url": url}, schema, options)
+        else:
+            assert loop is not None
+            if kind == "async-memory":
+                inner: Any = create_async_memory_storage(schema, options)
+            else:
+                inner = create_async_redis_storage({"url": url}, schema, options)
+            storage = BlockingShim(inner, loop)
         created.append(storage)
         return storage
 
     return make, created
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "async-memory", "async-redis"])
 def make_storage(
+    request: pytest.FixtureRequest, redis_server: LocalRedisServer, loop_thread: LoopThread
+) -> Iterator[StorageFactory]:
+    """The conformance suite runs every test against every storage, sync and asyncio."""
+    make, created = _factory(request.param, redis_server.url, loop_thread)
+    yield make
+    for storage in created:
+        storage.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_blocking_storage(
     request: pytest.FixtureRequest, redis_server: LocalRedisServer
 ) -> Iterator[StorageFactory]:
-    """The conformance suite runs every test against both storages."""
+    """For tests whose updaters block (sleep, wait on threads, nest calls): they would stall
+    an event loop; `test_async.py` has their asyncio counterparts."""
     make, created = _factory(request.param, redis_server.url)
     yield make
     for storage in created:

@@ -183,8 +183,10 @@ def test_nan_and_infinity_are_refused(make_storage: Any) -> None:
     assert storage.get("u") is None
 
 
-def test_reentrant_update_times_out_not_hangs(make_storage: Any) -> None:
-    storage = make_storage(Counter, lock_timeout_ms=200, lock_ttl_ms=5000, lock_retry_ms=20)
+def test_reentrant_update_times_out_not_hangs(make_blocking_storage: Any) -> None:
+    storage = make_blocking_storage(
+        Counter, lock_timeout_ms=200, lock_ttl_ms=5000, lock_retry_ms=20
+    )
 
     def nested(current: object) -> object:
         return storage.update("c", increment)
@@ -196,8 +198,10 @@ def test_reentrant_update_times_out_not_hangs(make_storage: Any) -> None:
     assert storage.update("c", increment) == Counter(count=1)
 
 
-def test_lock_timeout_bounded(make_storage: Any) -> None:
-    storage = make_storage(Counter, lock_timeout_ms=300, lock_ttl_ms=5000, lock_retry_ms=50)
+def test_lock_timeout_bounded(make_blocking_storage: Any) -> None:
+    storage = make_blocking_storage(
+        Counter, lock_timeout_ms=300, lock_ttl_ms=5000, lock_retry_ms=50
+    )
     holding = threading.Event()
     release = threading.Event()
 
@@ -221,8 +225,8 @@ def test_lock_timeout_bounded(make_storage: Any) -> None:
     assert 0.29 <= elapsed <= 0.3 + 0.05 + 0.1  # lock_timeout_ms + lock_retry_ms (+ slack)
 
 
-def test_lock_lost_when_ttl_expires(make_storage: Any) -> None:
-    storage = make_storage(Counter, lock_timeout_ms=100, lock_ttl_ms=150, lock_retry_ms=10)
+def test_lock_lost_when_ttl_expires(make_blocking_storage: Any) -> None:
+    storage = make_blocking_storage(Counter, lock_timeout_ms=100, lock_ttl_ms=150, lock_retry_ms=10)
     other_done = threading.Event()
 
     def slow(current: object) -> object:
@@ -417,8 +421,8 @@ def test_many_threads_share_one_adapter(make_storage: Any) -> None:
     assert storage.get("shared") == Counter(count=32 * per_thread)
 
 
-def test_async_updater_refused_by_sync_storage(make_storage: Any) -> None:
-    storage = make_storage(Counter, lock_timeout_ms=2000)
+def test_async_updater_refused_by_sync_storage(make_blocking_storage: Any) -> None:
+    storage = make_blocking_storage(Counter, lock_timeout_ms=2000)
 
     async def updater(current: Counter | None) -> dict[str, Any]:
         return increment(current)

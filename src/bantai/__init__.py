@@ -16,18 +16,30 @@ from bantai.errors import (
     UpdateOutcomeUnknownError,
     WrongTypeError,
 )
-from bantai.redis import RedisStorage, RedisStorageOptions, create_redis_storage
+from bantai.redis import (
+    AsyncRedisStorage,
+    RedisStorage,
+    RedisStorageOptions,
+    create_async_redis_storage,
+    create_redis_storage,
+)
 from bantai.storage import (
+    AsyncMemoryStorage,
     MemoryStorage,
     StorageAdapter,
     StorageOptions,
     UpdateResult,
+    create_async_memory_storage,
     create_memory_storage,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncMemoryStorage",
+    "AsyncRedisStorage",
+    "create_async_memory_storage",
+    "create_async_redis_storage",
     "BantaiError",
     "InvalidInputError",
     "InvalidKeyError",

@@ -1,7 +1,15 @@
 """The Redis storage adapter (SPEC §2-4)."""
 
+from bantai.redis.async_storage import AsyncRedisStorage, create_async_redis_storage
 from bantai.redis.speedups import IMPLEMENTATION
 from bantai.redis.storage import RedisStorage, create_redis_storage
 from bantai.storage.options import RedisStorageOptions
 
-__all__ = ["IMPLEMENTATION", "RedisStorage", "RedisStorageOptions", "create_redis_storage"]
+__all__ = [
+    "IMPLEMENTATION",
+    "AsyncRedisStorage",
+    "create_async_redis_storage",
+    "RedisStorage",
+    "RedisStorageOptions",
+    "create_redis_storage",
+]

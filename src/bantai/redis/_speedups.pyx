@@ -9,6 +9,7 @@ holding the GIL (other threads keep running).
 
 import os
 import socket
+from collections import deque as _deque
 
 import hiredis
 from redis._parsers import BaseParser
@@ -295,3 +296,73 @@ cdef class Wire:
 cdef str _where(conn):
     path = getattr(conn, "path", None)
     return str(path) if path else f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
+
+
+cdef class _Pending:
+    cdef object waiter
+    cdef Py_ssize_t remaining
+    cdef list replies
+    cdef Py_ssize_t errors
+
+
+cdef class Multiplexer:
+    """Matches the replies of one auto-pipelined connection to their waiters, in order.
+    See `_speedups_pure.Multiplexer` for the contract."""
+
+    cdef public object reader
+    cdef object _queue
+    cdef _Pending _current
+    cdef object _gets
+
+    def __init__(self):
+        self.reader = _Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
+        self._gets = self.reader.gets
+        self._queue = _deque()
+        self._current = None
+
+    @property
+    def pending(self):
+        return len(self._queue) + (self._current is not None)
+
+    def expect(self, waiter, Py_ssize_t count):
+        cdef _Pending entry = _Pending.__new__(_Pending)
+        entry.waiter = waiter
+        entry.remaining = count
+        entry.replies = []
+        entry.errors = 0
+        self._queue.append(entry)
+
+    def feed(self, data):
+        cdef _Pending entry
+        self.reader.feed(data)
+        gets = self._gets
+        while True:
+            reply = gets()
+            if reply is _INCOMPLETE:
+                return
+            if type(reply) is _PushNotification:
+                continue
+            entry = self._current
+            if entry is None:
+                if not self._queue:
+                    raise RedisConnectionError("a reply arrived that no command asked for")
+                entry = self._current = self._queue.popleft()
+            entry.replies.append(reply)
+            if isinstance(reply, Exception):
+                entry.errors += 1
+            entry.remaining -= 1
+            if entry.remaining == 0:
+                self._current = None
+                if not entry.waiter.done():
+                    entry.waiter.set_result((entry.replies, entry.errors))
+
+    def fail(self, exc):
+        cdef _Pending entry
+        entries = list(self._queue)
+        if self._current is not None:
+            entries.insert(0, self._current)
+        self._queue.clear()
+        self._current = None
+        for entry in entries:
+            if not entry.waiter.done():
+                entry.waiter.set_exception(exc)

@@ -6,12 +6,14 @@ suite runs against both and Hypothesis tests compare them directly.
 
 What lives here: RESP command packing, the request/reply exchange on a redis-py
 connection's socket (`Wire`: replies parsed by hiredis, error replies turned into
-redis-py's exception classes and returned in place, optional bounded busy-polling), and
-lock tokens.
+redis-py's exception classes and returned in place, optional bounded busy-polling), the
+reply demultiplexer of the asyncio adapter's shared connection (`Multiplexer`), and lock
+tokens.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import select
 import socket
@@ -138,3 +140,61 @@ def _spin_until_readable(sock: socket.socket, spin_us: int) -> None:
 def _where(conn: Any) -> str:
     path = getattr(conn, "path", None)
     return str(path) if path else f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
+
+
+class Multiplexer:
+    """Matches the replies of one auto-pipelined connection to their waiters, in order.
+
+    `expect(waiter, count)` registers an asyncio future for the next `count` replies (in
+    the order the commands are written); `feed(data)` parses whatever arrived and resolves
+    each waiter with `(replies, error_count)` once its last reply is in. A waiter that was
+    cancelled still has its replies read and dropped, so the connection never gets out of
+    step. `fail(exc)` fails every pending waiter (the connection is gone)."""
+
+    __slots__ = ("_current", "_queue", "reader")
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
+        self._queue: collections.deque[list[Any]] = collections.deque()
+        self._current: list[Any] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + (self._current is not None)
+
+    def expect(self, waiter: Any, count: int) -> None:
+        self._queue.append([waiter, count, [], 0])
+
+    def feed(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        while True:
+            reply = reader.gets()
+            if reply is _INCOMPLETE:
+                return
+            if type(reply) is hiredis.PushNotification:
+                continue
+            entry = self._current
+            if entry is None:
+                if not self._queue:
+                    raise RedisConnectionError("a reply arrived that no command asked for")
+                entry = self._current = self._queue.popleft()
+            entry[2].append(reply)
+            if isinstance(reply, Exception):
+                entry[3] += 1
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._current = None
+                waiter = entry[0]
+                if not waiter.done():
+                    waiter.set_result((entry[2], entry[3]))
+
+    def fail(self, exc: BaseException) -> None:
+        entries = list(self._queue)
+        if self._current is not None:
+            entries.insert(0, self._current)
+        self._queue.clear()
+        self._current = None
+        for entry in entries:
+            if not entry[0].done():
+                entry[0].set_exception(exc)

@@ -17,8 +17,6 @@ repeated in a driver.
 from __future__ import annotations
 
 import contextlib
-import random
-import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -27,7 +25,6 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from bantai.errors import (
     LockLostError,
-    LockTimeoutError,
     StoredValueError,
     UnsupportedOperationError,
     UpdateOutcomeUnknownError,
@@ -45,6 +42,14 @@ from bantai.storage.inputs import (
     unpack_update_result,
 )
 from bantai.storage.options import StorageOptions
+from bantai.storage.steps import (
+    CallUpdater,
+    Sleep,
+    lock_deadline,
+    lock_timeout_error,
+    retry_pause,
+    shown_keys,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,17 +65,6 @@ class RoundTrip:
     # on a broken connection. False for commits and appends: their lost reply is reported
     # to the operation as `ReplyLost` instead.
     retry_safe: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class CallUpdater:
-    updater: Callable[..., Any]
-    args: tuple[Any, ...]
 
 
 Step = RoundTrip | Sleep | CallUpdater
@@ -245,13 +239,6 @@ def delete_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[None]:
 # --- locking ------------------------------------------------------------------------------
 
 
-def _retry_pause(ctx: Context[Any], deadline: float) -> float:
-    """Jittered pause before the next attempt, never past the deadline: concurrent
-    waiters spread out instead of retrying in lock step."""
-    retry = ctx.options.lock_retry_ms / 1000.0
-    return min(deadline - time.monotonic(), retry * (0.5 + random.random() / 2))
-
-
 def _release(ctx: Context[Any], lock_keys: Sequence[bytes], token: bytes) -> Operation[None]:
     """Best effort: a lock we cannot release (server unreachable) expires by its TTL."""
     if not lock_keys:
@@ -264,14 +251,6 @@ def _release(ctx: Context[Any], lock_keys: Sequence[bytes], token: bytes) -> Ope
         yield RoundTrip(commands)
 
 
-def _timeout_error(ctx: Context[Any], keys: Sequence[Key]) -> LockTimeoutError:
-    shown = f"key {keys[0]!r}" if len(keys) == 1 else f"keys {list(keys)!r}"
-    return LockTimeoutError(
-        f"Failed to acquire lock for {shown} within {ctx.options.lock_timeout_ms} ms",
-        keys=keys,
-    )
-
-
 def _acquire(
     ctx: Context[Any],
     keys: Sequence[Key],
@@ -281,7 +260,7 @@ def _acquire(
 ) -> Operation[list[bytes | str | None]]:
     """Take every lock (retrying only the busy ones) and return the current raw values."""
     lock_ttl = ctx.options.lock_ttl_ms
-    deadline = time.monotonic() + ctx.options.lock_timeout_ms / 1000.0
+    deadline = lock_deadline(ctx.options)
     raw_values: list[bytes | str | None] = [None] * len(keys)
     pending = list(range(len(keys)))
     while True:
@@ -305,9 +284,9 @@ def _acquire(
         if not busy:
             return raw_values
         pending = busy
-        pause = _retry_pause(ctx, deadline)
+        pause = retry_pause(ctx.options, deadline)
         if pause <= 0:
-            raise _timeout_error(ctx, [keys[i] for i in pending])
+            raise lock_timeout_error(ctx.options, [keys[i] for i in pending])
         yield Sleep(pause)
 
 
@@ -364,7 +343,7 @@ def locked_update(
         # not block others until its TTL.
         yield from _release(ctx, lock_keys, token)
         raise UpdateOutcomeUnknownError(
-            f"commit of {_shown(keys)} was sent but its reply was lost "
+            f"commit of {shown_keys(keys)} was sent but its reply was lost "
             f"({lost.__cause__!r}); the write may or may not have happened",
             keys=keys,
         ) from lost.__cause__
@@ -386,16 +365,12 @@ def locked_update(
         check_reply(error, keys)
     if lost_keys:
         raise LockLostError(
-            f"lock on {_shown(lost_keys)} expired (lock_ttl_ms={ctx.options.lock_ttl_ms}) "
+            f"lock on {shown_keys(lost_keys)} expired (lock_ttl_ms={ctx.options.lock_ttl_ms}) "
             "and was taken by another client before the commit; nothing was written"
             + ("" if len(groups) == 1 else " for their slot groups"),
             keys=lost_keys,
         )
     return results
-
-
-def _shown(keys: Sequence[Key]) -> str:
-    return f"key {keys[0]!r}" if len(keys) == 1 else f"keys {list(keys)!r}"
 
 
 def update(ctx: Context[T], key: Key, updater: Callable[[T | None], Any]) -> Operation[T | None]:
@@ -431,7 +406,7 @@ def append(ctx: Context[T], key: Key, item: object) -> Operation[None]:
     raw_key = encode_key(key)
     _, data = item_codec.encode(item, key)
     keys = (ctx.layout.value_key(raw_key), ctx.layout.lock_key(raw_key))
-    deadline = time.monotonic() + ctx.options.lock_timeout_ms / 1000.0
+    deadline = lock_deadline(ctx.options)
     while True:
         try:
             (reply,) = yield RoundTrip((evalsha(scripts.APPEND, keys, (data,)),), retry_safe=False)
@@ -447,9 +422,9 @@ def append(ctx: Context[T], key: Key, item: object) -> Operation[None]:
             raise StoredValueError(
                 f"value stored under key {key!r} is not a JSON array; cannot append", key=key
             )
-        pause = _retry_pause(ctx, deadline)
+        pause = retry_pause(ctx.options, deadline)
         if pause <= 0:
-            raise _timeout_error(ctx, (key,))
+            raise lock_timeout_error(ctx.options, (key,))
         yield Sleep(pause)
 
 

@@ -10,12 +10,13 @@ from typing import Literal
 IMPLEMENTATION: Literal["cython", "python"]
 
 if os.environ.get("BANTAI_NO_EXTENSIONS", "") not in ("", "0"):
-    from bantai.redis._speedups_pure import Wire, new_token, pack_commands
+    from bantai.redis._speedups_pure import Multiplexer, Wire, new_token, pack_commands
 
     IMPLEMENTATION = "python"
 else:
     try:
         from bantai.redis._speedups import (  # type: ignore[assignment,no-redef,unused-ignore]
+            Multiplexer,
             Wire,
             new_token,
             pack_commands,
@@ -23,8 +24,8 @@ else:
 
         IMPLEMENTATION = "cython"
     except ImportError:
-        from bantai.redis._speedups_pure import Wire, new_token, pack_commands
+        from bantai.redis._speedups_pure import Multiplexer, Wire, new_token, pack_commands
 
         IMPLEMENTATION = "python"
 
-__all__ = ["IMPLEMENTATION", "Wire", "new_token", "pack_commands"]
+__all__ = ["IMPLEMENTATION", "Multiplexer", "Wire", "new_token", "pack_commands"]

@@ -119,12 +119,23 @@ def create_redis_storage(
     closes it), ``{"client": redis.Redis(...)}`` (yours; a Sentinel `master_for` client
     works too), or a `redis.Redis` directly. `schema` is a pydantic-core CoreSchema, a
     pydantic model, a `TypeAdapter` or a type. See `StorageOptions` for `options`."""
-    if isinstance(redis_options, redis.Redis):
-        return RedisStorage(redis_options, schema, options)
+    client, url = connection_source(redis_options, redis.Redis, asyncio_api=False)
+    if client is not None:
+        return RedisStorage(client, schema, options)
+    storage_options = StorageOptions.coerce(options)  # check before opening anything
+    return RedisStorage(redis.Redis.from_url(url), schema, storage_options, owns_client=True)
+
+
+def connection_source(
+    redis_options: object, client_type: type, *, asyncio_api: bool
+) -> tuple[Any, str]:
+    """Check the `redis` argument of a factory: `(client, "")` or `(None, url)`."""
+    if isinstance(redis_options, client_type):
+        return redis_options, ""
     if not isinstance(redis_options, Mapping):
         raise InvalidOptionError(
-            "redis must be a mapping with 'client' or 'url' (or a redis.Redis client), not "
-            f"{type(redis_options).__name__}"
+            "redis must be a mapping with 'client' or 'url' (or a "
+            f"{client_type.__module__}.Redis client), not {type(redis_options).__name__}"
         )
     unknown = sorted(set(redis_options) - {"client", "url"})
     if unknown:
@@ -132,21 +143,24 @@ def create_redis_storage(
     client = redis_options.get("client")
     url = redis_options.get("url")
     if client is not None:
-        if not isinstance(client, redis.Redis):
-            raise InvalidOptionError(_client_type_error(client))
-        return RedisStorage(client, schema, options)
+        if not isinstance(client, client_type):
+            raise InvalidOptionError(_client_type_error(client, asyncio_api))
+        return client, ""
     if url:
         if not isinstance(url, str):
             raise InvalidOptionError(f"redis url must be a str, not {type(url).__name__}")
-        storage_options = StorageOptions.coerce(options)  # check before opening anything
-        return RedisStorage(redis.Redis.from_url(url), schema, storage_options, owns_client=True)
+        return None, url
     raise InvalidOptionError("Either client or url must be provided")
 
 
-def _client_type_error(client: object) -> str:
+def _client_type_error(client: object, asyncio_api: bool) -> str:
     name = f"{type(client).__module__}.{type(client).__qualname__}"
-    if "asyncio" in name:
-        return f"redis client {name} is an asyncio client; use create_async_redis_storage"
     if "cluster" in name.lower():
         return f"redis client {name}: Redis Cluster clients are not supported yet"
+    if asyncio_api:
+        if "asyncio" not in name:
+            return f"redis client {name} is not an asyncio client; use create_redis_storage"
+        return f"redis client must be a redis.asyncio.Redis instance, not {name}"
+    if "asyncio" in name:
+        return f"redis client {name} is an asyncio client; use create_async_redis_storage"
     return f"redis client must be a redis.Redis instance, not {name}"

@@ -17,7 +17,6 @@ fresh, health-checked connection from the pool.
 from __future__ import annotations
 
 import os
-import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -28,16 +27,15 @@ from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.redis.operations import (
-    CallUpdater,
     Command,
     Operation,
     ReplyLost,
     RoundTrip,
-    Sleep,
     merge_resend,
     noscript_resend,
 )
 from bantai.redis.speedups import Wire
+from bantai.storage.steps import run_sync
 
 R = TypeVar("R")
 
@@ -68,27 +66,7 @@ class SyncDriver:
         _drivers.add(self)
 
     def run(self, op: Operation[R]) -> R:
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = op.send(value) if error is None else op.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value = error = None
-            if type(step) is RoundTrip:
-                try:
-                    value = self.round_trip(step)
-                except BaseException as exc:
-                    error = exc
-            elif type(step) is Sleep:
-                time.sleep(step.seconds)
-            else:
-                assert type(step) is CallUpdater
-                try:
-                    value = step.updater(*step.args)
-                except BaseException as exc:
-                    error = exc
+        return run_sync(op, self.round_trip)
 
     def call(self, command: Command) -> Any:
         """One retry-safe command, one reply (the hot path of get / set / delete)."""

@@ -3,7 +3,9 @@ the same JSON bytes, TTLs that really expire, and `update` guarded by per-key le
 the same timeout / TTL / lost-lease behaviour as the Redis locks.
 
 Unlike the TypeScript original's memory storage, TTLs are honoured. All times are
-`time.monotonic()`, so wall-clock jumps change nothing.
+`time.monotonic()`, so wall-clock jumps change nothing. Operations that may wait (update,
+append) are written once as step generators (see `steps`) and run by `MemoryStorage`
+(blocking) and `AsyncMemoryStorage` (asyncio, never blocking the loop) alike.
 """
 
 from __future__ import annotations
@@ -13,13 +15,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar, cast
 
-from bantai.errors import (
-    LockLostError,
-    LockTimeoutError,
-    StoredValueError,
-    UnsupportedOperationError,
-)
-from bantai.storage.codec import codec_for
+from bantai.errors import LockLostError, StoredValueError, UnsupportedOperationError
+from bantai.storage.codec import ValueCodec, codec_for
 from bantai.storage.inputs import (
     TTL,
     Key,
@@ -30,6 +27,16 @@ from bantai.storage.inputs import (
 )
 from bantai.storage.options import StorageOptions
 from bantai.storage.protocol import KeyedUpdater, Updater
+from bantai.storage.steps import (
+    CallUpdater,
+    Operation,
+    Sleep,
+    lock_deadline,
+    lock_timeout_error,
+    retry_pause,
+    run_async,
+    run_sync,
+)
 
 T = TypeVar("T")
 
@@ -37,25 +44,23 @@ T = TypeVar("T")
 _SWEEP_EVERY = 1024
 
 
-class MemoryStorage(Generic[T]):
-    """Thread-safe in-memory storage. Create it with `create_memory_storage`."""
+class _MemoryCore(Generic[T]):
+    """The data, the leases, and every operation. Facades only choose how to run them."""
 
-    def __init__(
-        self, schema: object, options: StorageOptions | Mapping[str, Any] | None = None
-    ) -> None:
+    def __init__(self, schema: object, options: StorageOptions | Mapping[str, Any] | None):
         self.options = StorageOptions.coerce(options)
-        self._codec = codec_for(schema)
+        self.codec: ValueCodec[T] = codec_for(schema)
         self._prefix = self.options.prefix_bytes
         # stored key -> (JSON bytes, expiry on the monotonic clock or None)
         self._data: dict[bytes, tuple[bytes, float | None]] = {}
         # stored key -> (lease owner, lease expiry): the in-process twin of `k:lock`
         self._leases: dict[bytes, tuple[object, float]] = {}
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
         self._writes = 0
 
-    # -- internals (all called with self._cond held) -------------------------------------
+    # -- data (call with the mutex held) ----------------------------------------------------
 
-    def _key(self, key: Key) -> bytes:
+    def key(self, key: Key) -> bytes:
         return self._prefix + encode_key(key)
 
     def _read(self, skey: bytes, now: float) -> bytes | None:
@@ -86,140 +91,103 @@ class MemoryStorage(Generic[T]):
         lease = self._leases.get(skey)
         return lease is None or lease[0] is owner or lease[1] <= now
 
-    def _wait_for_leases(self, skeys: list[bytes], keys: list[Key], owner: object) -> None:
-        deadline = time.monotonic() + self.options.lock_timeout_ms / 1000.0
-        while True:
-            now = time.monotonic()
-            busy = [
-                k for k, s in zip(keys, skeys, strict=True) if not self._lease_free(s, owner, now)
-            ]
-            if not busy:
-                return
-            if now >= deadline:
-                shown = f"key {busy[0]!r}" if len(busy) == 1 else f"keys {busy!r}"
-                raise LockTimeoutError(
-                    f"Failed to acquire lock for {shown} within {self.options.lock_timeout_ms} ms",
-                    keys=busy,
-                )
-            # Wake on release, or re-check when a lease may have expired.
-            self._cond.wait(min(deadline - now, self.options.lock_retry_ms / 1000.0))
-
-    # -- the StorageAdapter API ------------------------------------------------------------
+    # -- operations that never wait ---------------------------------------------------------
 
     def get(self, key: Key) -> T | None:
-        skey = self._key(key)
-        with self._cond:
+        skey = self.key(key)
+        with self._mutex:
             raw = self._read(skey, time.monotonic())
-        return self._codec.decode(raw, key)
+        return self.codec.decode(raw, key)
 
-    def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
-        skey = self._key(key)
+    def set(self, key: Key, value: object, ttl_ms: object = None) -> None:
+        skey = self.key(key)
         ttl = ttl_to_ms(ttl_ms)
-        _, data = self._codec.encode(value, key)
-        with self._cond:
+        _, data = self.codec.encode(value, key)
+        with self._mutex:
             self._write(skey, data, ttl, time.monotonic())
 
-    def delete(self, key: Key) -> None:
-        skey = self._key(key)
-        with self._cond:
-            self._data.pop(skey, None)
+    def delete_many(self, keys: Iterable[Key]) -> None:
+        skeys = [self.key(k) for k in check_keys(keys, unique=False)]
+        with self._mutex:
+            for skey in skeys:
+                self._data.pop(skey, None)
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
         key_list = check_keys(keys, unique=False)
-        skeys = [self._key(k) for k in key_list]
-        with self._cond:
+        skeys = [self.key(k) for k in key_list]
+        with self._mutex:
             now = time.monotonic()
             raws = [self._read(s, now) for s in skeys]
-        return {k: self._codec.decode(r, k) for k, r in zip(key_list, raws, strict=True)}
+        return {k: self.codec.decode(r, k) for k, r in zip(key_list, raws, strict=True)}
 
     def set_many(
-        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
+        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: object
     ) -> None:
         pairs = list(items.items() if isinstance(items, Mapping) else items)
         key_list = check_keys([k for k, _ in pairs], unique=True)
         ttl = ttl_to_ms(ttl_ms)
-        datas = [self._codec.encode(v, k)[1] for k, v in pairs]
-        skeys = [self._key(k) for k in key_list]
-        with self._cond:
+        datas = [self.codec.encode(v, k)[1] for k, v in pairs]
+        skeys = [self.key(k) for k in key_list]
+        with self._mutex:
             now = time.monotonic()
             for skey, data in zip(skeys, datas, strict=True):
                 self._write(skey, data, ttl, now)
 
-    def delete_many(self, keys: Iterable[Key]) -> None:
-        skeys = [self._key(k) for k in check_keys(keys, unique=False)]
-        with self._cond:
-            for skey in skeys:
-                self._data.pop(skey, None)
+    # -- operations that may wait for a lease (step generators) -----------------------------
 
-    def update(self, key: Key, updater: Updater[T]) -> T | None:
-        return self._update([key], lambda _k, current: updater(current))[0]
-
-    def update_many(self, keys: Iterable[Key], updater: KeyedUpdater[T]) -> dict[Key, T | None]:
-        key_list = check_keys(keys, unique=True)
-        if not key_list:
-            return {}
-        return dict(zip(key_list, self._update(key_list, updater), strict=True))
-
-    def append(self, key: Key, item: Any) -> None:
-        item_codec = self._codec.item_codec
-        if item_codec is None:
-            schema = self._codec.core_schema
-            inner = schema["schema"] if schema.get("type") == "definitions" else schema
-            if inner.get("type") != "list":
-                raise UnsupportedOperationError(
-                    f"append needs a list schema (e.g. list[Item]); this storage's schema is "
-                    f"{schema.get('type')!r}"
-                )
-            self.update(key, lambda current: {"value": [*cast(Any, current or ()), item]})
-            return
-        skey = self._key(key)
-        _, item_data = item_codec.encode(item, key)
-        with self._cond:
-            self._wait_for_leases([skey], [key], object())
-            now = time.monotonic()
-            current = self._read(skey, now)
-            if current is None:
-                self._write(skey, b"[" + item_data + b"]", None, now)
-                return
-            body = current.strip()
-            if not (body.startswith(b"[") and body.endswith(b"]")):
-                raise StoredValueError(
-                    f"value stored under key {key!r} is not a JSON array; cannot append",
-                    key=key,
-                )
-            inner_body = body[1:-1]
-            joined = b"[" + (inner_body + b"," if inner_body.strip() else b"") + item_data + b"]"
-            self._write(skey, joined, None, now, keep_ttl=True)
-
-    # -- locked update ---------------------------------------------------------------------
-
-    def _update(self, keys: list[Key], updater: Callable[[Key, T | None], Any]) -> list[T | None]:
-        skeys = [self._key(k) for k in keys]
-        owner = object()  # a token per call, never per thread
+    def _take_leases(
+        self, keys: list[Key], skeys: list[bytes], owner: object
+    ) -> Operation[list[bytes | None]]:
+        deadline = lock_deadline(self.options)
         lease_s = self.options.lock_ttl_ms / 1000.0
-        with self._cond:
-            self._wait_for_leases(skeys, keys, owner)
-            now = time.monotonic()
+        while True:
+            with self._mutex:
+                now = time.monotonic()
+                busy = [
+                    k
+                    for k, s in zip(keys, skeys, strict=True)
+                    if not self._lease_free(s, owner, now)
+                ]
+                if not busy:
+                    for skey in skeys:
+                        self._leases[skey] = (owner, now + lease_s)
+                    return [self._read(s, now) for s in skeys]
+            pause = retry_pause(self.options, deadline)
+            if pause <= 0:
+                raise lock_timeout_error(self.options, busy)
+            yield Sleep(pause)
+
+    def _release(self, skeys: list[bytes], owner: object) -> None:
+        with self._mutex:
             for skey in skeys:
-                self._leases[skey] = (owner, now + lease_s)
-            raws = [self._read(s, now) for s in skeys]
+                lease = self._leases.get(skey)
+                if lease is not None and lease[0] is owner:
+                    del self._leases[skey]
+
+    def update_op(
+        self, keys: list[Key], updater: Callable[..., Any], *, keyed: bool
+    ) -> Operation[list[T | None]]:
+        skeys = [self.key(k) for k in keys]
+        owner = object()  # a token per call, never per thread
+        raws = yield from self._take_leases(keys, skeys, owner)
+        plans: list[tuple[bytes, int | None] | None] = []
+        results: list[T | None] = []
         try:
-            plans: list[tuple[bytes, int | None] | None] = []
-            results: list[T | None] = []
             for key, raw in zip(keys, raws, strict=True):
-                current = self._codec.decode(raw, key)
-                unpacked = unpack_update_result(updater(key, current), key)
+                current = self.codec.decode(raw, key)
+                returned = yield CallUpdater(updater, (key, current) if keyed else (current,))
+                unpacked = unpack_update_result(returned, key)
                 if unpacked is None:
                     plans.append(None)
                     results.append(current)
                     continue
-                validated, data = self._codec.encode(unpacked[0], key)
+                validated, data = self.codec.encode(unpacked[0], key)
                 plans.append((data, unpacked[1]))
                 results.append(validated)
         except BaseException:
             self._release(skeys, owner)
             raise
-        with self._cond:
+        with self._mutex:
             now = time.monotonic()
             lost = [
                 k
@@ -228,29 +196,97 @@ class MemoryStorage(Generic[T]):
                 or lease[0] is not owner
                 or lease[1] <= now
             ]
-            if lost:
-                self._release_locked(skeys, owner)
-                raise LockLostError(
-                    f"lock on {lost!r} expired (lock_ttl_ms={self.options.lock_ttl_ms}) and "
-                    "was taken by another caller before the commit; nothing was written",
-                    keys=lost,
-                )
-            for skey, plan in zip(skeys, plans, strict=True):
-                if plan is not None:
-                    self._write(skey, plan[0], plan[1], now, keep_ttl=plan[1] is None)
-            self._release_locked(skeys, owner)
+            if not lost:
+                for skey, plan in zip(skeys, plans, strict=True):
+                    if plan is not None:
+                        self._write(skey, plan[0], plan[1], now, keep_ttl=plan[1] is None)
+        self._release(skeys, owner)
+        if lost:
+            raise LockLostError(
+                f"lock on {lost!r} expired (lock_ttl_ms={self.options.lock_ttl_ms}) and was "
+                "taken by another caller before the commit; nothing was written",
+                keys=lost,
+            )
         return results
 
-    def _release(self, skeys: list[bytes], owner: object) -> None:
-        with self._cond:
-            self._release_locked(skeys, owner)
+    def append_op(self, key: Key, item: object) -> Operation[None]:
+        item_codec = self.codec.item_codec
+        if item_codec is None:
+            schema = self.codec.core_schema
+            inner = schema["schema"] if schema.get("type") == "definitions" else schema
+            if inner.get("type") != "list":
+                raise UnsupportedOperationError(
+                    f"append needs a list schema (e.g. list[Item]); this storage's schema is "
+                    f"{schema.get('type')!r}"
+                )
+            yield from self.update_op(
+                [key], lambda current: {"value": [*cast(Any, current or ()), item]}, keyed=False
+            )
+            return
+        skey = self.key(key)
+        _, item_data = item_codec.encode(item, key)
+        owner = object()
+        yield from self._take_leases([key], [skey], owner)  # wait while an update holds it
+        try:
+            with self._mutex:
+                now = time.monotonic()
+                current = self._read(skey, now)
+                if current is None:
+                    self._write(skey, b"[" + item_data + b"]", None, now)
+                    return
+                body = current.strip()
+                if not (body.startswith(b"[") and body.endswith(b"]")):
+                    raise StoredValueError(
+                        f"value stored under key {key!r} is not a JSON array; cannot append",
+                        key=key,
+                    )
+                inner_body = body[1:-1]
+                sep = b"," if inner_body.strip() else b""
+                joined = b"[" + inner_body + sep + item_data + b"]"
+                self._write(skey, joined, None, now, keep_ttl=True)
+        finally:
+            self._release([skey], owner)
 
-    def _release_locked(self, skeys: list[bytes], owner: object) -> None:
-        for skey in skeys:
-            lease = self._leases.get(skey)
-            if lease is not None and lease[0] is owner:
-                del self._leases[skey]
-        self._cond.notify_all()
+
+class MemoryStorage(Generic[T]):
+    """Thread-safe in-memory storage (blocking API). Create it with `create_memory_storage`."""
+
+    def __init__(
+        self, schema: object, options: StorageOptions | Mapping[str, Any] | None = None
+    ) -> None:
+        self._core: _MemoryCore[T] = _MemoryCore(schema, options)
+        self.options = self._core.options
+
+    def get(self, key: Key) -> T | None:
+        return self._core.get(key)
+
+    def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+        self._core.set(key, value, ttl_ms)
+
+    def delete(self, key: Key) -> None:
+        self._core.delete_many(_one(key))
+
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+        return self._core.get_many(keys)
+
+    def set_many(
+        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
+    ) -> None:
+        self._core.set_many(items, ttl_ms)
+
+    def delete_many(self, keys: Iterable[Key]) -> None:
+        self._core.delete_many(keys)
+
+    def update(self, key: Key, updater: Updater[T]) -> T | None:
+        return run_sync(self._core.update_op(_one(key), updater, keyed=False))[0]
+
+    def update_many(self, keys: Iterable[Key], updater: KeyedUpdater[T]) -> dict[Key, T | None]:
+        key_list = check_keys(keys, unique=True)
+        results = run_sync(self._core.update_op(key_list, updater, keyed=True)) if key_list else []
+        return dict(zip(key_list, results, strict=True))
+
+    def append(self, key: Key, item: Any) -> None:
+        run_sync(self._core.append_op(key, item))
 
     def close(self) -> None:
         """Nothing to close; present so code can treat every storage alike."""
@@ -262,8 +298,75 @@ class MemoryStorage(Generic[T]):
         self.close()
 
 
+class AsyncMemoryStorage(Generic[T]):
+    """The memory storage for asyncio: same data semantics, waits never block the loop,
+    updaters may be coroutine functions. Create it with `create_async_memory_storage`."""
+
+    def __init__(
+        self, schema: object, options: StorageOptions | Mapping[str, Any] | None = None
+    ) -> None:
+        self._core: _MemoryCore[T] = _MemoryCore(schema, options)
+        self.options = self._core.options
+
+    async def get(self, key: Key) -> T | None:
+        return self._core.get(key)
+
+    async def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+        self._core.set(key, value, ttl_ms)
+
+    async def delete(self, key: Key) -> None:
+        self._core.delete_many(_one(key))
+
+    async def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+        return self._core.get_many(keys)
+
+    async def set_many(
+        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
+    ) -> None:
+        self._core.set_many(items, ttl_ms)
+
+    async def delete_many(self, keys: Iterable[Key]) -> None:
+        self._core.delete_many(keys)
+
+    async def update(self, key: Key, updater: Callable[[T | None], Any]) -> T | None:
+        return (await run_async(self._core.update_op(_one(key), updater, keyed=False)))[0]
+
+    async def update_many(
+        self, keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
+    ) -> dict[Key, T | None]:
+        key_list = check_keys(keys, unique=True)
+        if not key_list:
+            return {}
+        results = await run_async(self._core.update_op(key_list, updater, keyed=True))
+        return dict(zip(key_list, results, strict=True))
+
+    async def append(self, key: Key, item: Any) -> None:
+        await run_async(self._core.append_op(key, item))
+
+    async def close(self) -> None:
+        """Nothing to close; present so code can treat every storage alike."""
+
+    async def __aenter__(self) -> AsyncMemoryStorage[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _one(key: Key) -> list[Key]:
+    encode_key(key)
+    return [key]
+
+
 def create_memory_storage(
     schema: object, options: StorageOptions | Mapping[str, Any] | None = None
 ) -> MemoryStorage[Any]:
     """An in-memory storage with the Redis adapter's API and semantics."""
     return MemoryStorage(schema, options)
+
+
+def create_async_memory_storage(
+    schema: object, options: StorageOptions | Mapping[str, Any] | None = None
+) -> AsyncMemoryStorage[Any]:
+    """The asyncio in-memory storage (same semantics as `create_memory_storage`)."""
+    return AsyncMemoryStorage(schema, options)

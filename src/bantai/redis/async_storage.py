@@ -1,0 +1,114 @@
+"""The public asyncio Redis adapter: the same operations as `RedisStorage`, awaited."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, TypeVar
+
+import redis.asyncio
+
+from bantai.errors import InvalidOptionError
+from bantai.redis import operations as ops
+from bantai.redis.async_driver import AsyncDriver
+from bantai.redis.keys import KeyLayout
+from bantai.redis.storage import connection_source
+from bantai.storage.codec import codec_for
+from bantai.storage.inputs import TTL, Key
+from bantai.storage.options import StorageOptions
+
+T = TypeVar("T")
+
+
+class AsyncRedisStorage(Generic[T]):
+    """Schema-validated values in Redis for asyncio. Every task sharing one instance sends
+    through one auto-pipelined connection. Create it with `create_async_redis_storage`;
+    use it from one event loop. Updaters may be plain or coroutine functions."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        schema: object,
+        options: StorageOptions | Mapping[str, Any] | None = None,
+        *,
+        owns_client: bool = False,
+    ) -> None:
+        self.options = StorageOptions.coerce(options)
+        if self.options.busy_poll_us:
+            raise InvalidOptionError(
+                "busy_poll_us applies to the blocking adapter only (asyncio never spins)"
+            )
+        self._client = client
+        self._owns_client = owns_client
+        self._ctx: ops.Context[T] = ops.Context(
+            KeyLayout(self.options.prefix_bytes), codec_for(schema), self.options
+        )
+        self._driver = AsyncDriver(client)
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        return self._client
+
+    async def get(self, key: Key) -> T | None:
+        ctx = self._ctx
+        return ops.get_reply(ctx, key, await self._driver.call(ops.get_request(ctx, key)))
+
+    async def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+        ctx = self._ctx
+        request = ops.set_request(ctx, key, value, ttl_ms)
+        ops.written_reply(ctx, key, await self._driver.call(request))
+
+    async def delete(self, key: Key) -> None:
+        ctx = self._ctx
+        ops.written_reply(ctx, key, await self._driver.call(ops.delete_request(ctx, key)))
+
+    async def append(self, key: Key, item: Any) -> None:
+        await self._driver.run(ops.append(self._ctx, key, item))
+
+    async def update(self, key: Key, updater: Callable[[T | None], Any]) -> T | None:
+        op = ops.update(self._ctx, key, updater)
+        return await self._driver.run(op)
+
+    async def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+        return await self._driver.run(ops.get_many(self._ctx, keys))
+
+    async def set_many(
+        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
+    ) -> None:
+        await self._driver.run(ops.set_many(self._ctx, items, ttl_ms))
+
+    async def delete_many(self, keys: Iterable[Key]) -> None:
+        await self._driver.run(ops.delete_many(self._ctx, keys))
+
+    async def update_many(
+        self, keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
+    ) -> dict[Key, T | None]:
+        return await self._driver.run(ops.update_many(self._ctx, keys, updater))
+
+    async def close(self) -> None:
+        """Close the shared connection, and the client if the adapter created it."""
+        await self._driver.close()
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncRedisStorage[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def create_async_redis_storage(
+    redis_options: Mapping[str, Any] | redis.asyncio.Redis,
+    schema: object,
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> AsyncRedisStorage[Any]:
+    """Create the asyncio Redis adapter: ``{"url": ...}``, ``{"client":
+    redis.asyncio.Redis(...)}`` or a `redis.asyncio.Redis`; schema and options as for
+    `create_redis_storage`."""
+    client, url = connection_source(redis_options, redis.asyncio.Redis, asyncio_api=True)
+    if client is not None:
+        return AsyncRedisStorage(client, schema, options)
+    storage_options = StorageOptions.coerce(options)  # check before opening anything
+    return AsyncRedisStorage(
+        redis.asyncio.Redis.from_url(url), schema, storage_options, owns_client=True
+    )
