@@ -156,7 +156,11 @@ class AsyncDriver:
     async def _get_channel(self) -> Channel:
         channel = self._channel
         loop = asyncio.get_running_loop()
-        if channel is not None and channel.closed is None:
+        if channel is not None and channel.closed is not None:
+            self._channel = None
+            await self._retire(channel)
+            channel = None
+        if channel is not None:
             if channel.loop is not loop:
                 raise StorageError(
                     "this asyncio storage is bound to the event loop it was first used on; "
@@ -189,10 +193,14 @@ class AsyncDriver:
     async def close(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None:
-            channel.close()
-            try:
-                # nowait: redis-py's stream protocol no longer owns the transport, so its
-                # "closed" future would never resolve.
-                await channel.conn.disconnect(nowait=True)
-            finally:
-                await self._pool.release(channel.conn)
+            await self._retire(channel)
+
+    async def _retire(self, channel: Channel) -> None:
+        """Hand a closed or broken channel's connection back to redis-py's pool."""
+        channel.close()
+        try:
+            # nowait: redis-py's stream protocol no longer owns the transport, so its
+            # "closed" future would never resolve.
+            await channel.conn.disconnect(nowait=True)
+        finally:
+            await self._pool.release(channel.conn)
