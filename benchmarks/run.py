@@ -1,10 +1,10 @@
-"""`make bench` / `python -m benchmarks.run`: the sync benchmark suite.
+"""`make bench` / `python -m benchmarks.run`: the benchmark suite.
 
 Starts a throwaway redis-server, then runs interleaved rounds of: the compiled build, the
 pure build (`BANTAI_NO_EXTENSIONS=1`), the hand-written redis-py + hiredis + pydantic-core
-baseline (each in its own child process, see `workloads.py`), and `redis-benchmark` on
-the same server as the ceiling. Reports medians, the target ratios, writes
-`benchmarks/results/sync-<time>.json` and, with matplotlib installed, a PNG chart.
+baseline (each in its own child process, see `workloads.py`), sync and asyncio, and
+`redis-benchmark` on the same server as the ceiling. Reports medians, the target ratios,
+writes `benchmarks/results/bench-<time>.json` and, with matplotlib installed, a PNG chart.
 
 `--smoke` runs one tiny round in seconds: CI uses it so the suite never rots.
 """
@@ -55,10 +55,57 @@ TARGETS = [
         ("cython", "update_many_100"),
         ("baseline", "update_many_100"),
     ),
+    (
+        "busy-poll get / redis-benchmark GET c1 P1",
+        None,
+        ("cython+busy-poll", "get"),
+        ("rb", "GET c1 P1"),
+    ),
+    (
+        "busy-poll update / (redis-benchmark EVALSHA c1 / 2)",
+        None,
+        ("cython+busy-poll", "update"),
+        ("rb", "EVALSHA acquire c1 / 2"),
+    ),
+    (
+        "async 50-task get / redis-benchmark GET c50 P1",
+        0.8,
+        ("async:cython", "get 50 tasks"),
+        ("rb", "GET c50 P1"),
+    ),
+    (
+        "async 50-task get / redis-py asyncio baseline",
+        3.0,
+        ("async:cython", "get 50 tasks"),
+        ("async:baseline", "get 50 tasks"),
+    ),
+    (
+        "async 50-task get: cython / python",
+        2.0,
+        ("async:cython", "get 50 tasks"),
+        ("async:python", "get 50 tasks"),
+    ),
+    (
+        "async 50-task update / baseline",
+        None,
+        ("async:cython", "update 50 tasks"),
+        ("async:baseline", "update 50 tasks"),
+    ),
 ]
 
 
-def run_workloads(impl: str, url: str, count: int) -> dict[str, float]:
+ASYNC_IMPLS = ("cython", "python", "baseline")
+ASYNC_WORKLOADS = (
+    "get 1 task",
+    "set 1 task",
+    "update 1 task",
+    "get 50 tasks",
+    "set 50 tasks",
+    "update 50 tasks",
+)
+
+
+def run_workloads(impl: str, url: str, count: int, suite: str = "sync") -> dict[str, float]:
     env = dict(os.environ)
     env.pop("BANTAI_NO_EXTENSIONS", None)
     if impl == "python":
@@ -76,6 +123,8 @@ def run_workloads(impl: str, url: str, count: int) -> dict[str, float]:
             url,
             "--count",
             str(count),
+            "--suite",
+            suite,
         ],
         env=env,
         capture_output=True,
@@ -104,6 +153,8 @@ def redis_benchmark(server: LocalRedisServer, requests: int) -> dict[str, float]
         "SET c1 P1": [*base, "-c", "1", "-P", "1", "-t", "set"],
         "GET c1 P16": [*base, "-c", "1", "-P", "16", "-t", "get"],
         "EVALSHA acquire c1": [*base, "-c", "1", *acquire],
+        "GET c50 P1": [*base, "-c", "50", "-P", "1", "-t", "get"],
+        "SET c50 P1": [*base, "-c", "50", "-P", "1", "-t", "set"],
     }
     out: dict[str, float] = {}
     for name, argv in runs.items():
@@ -123,7 +174,8 @@ def main() -> None:
     rounds, count, rb_requests = args.rounds, args.count, 20_000
     if args.smoke:
         rounds, count, rb_requests = 1, 100, 1000
-    samples: dict[str, dict[str, list[float]]] = {k: {} for k in (*IMPLS, "rb")}
+    names = (*IMPLS, *(f"async:{i}" for i in ASYNC_IMPLS), "rb")
+    samples: dict[str, dict[str, list[float]]] = {k: {} for k in names}
     with LocalRedisServer() as server:
         import redis
 
@@ -133,14 +185,15 @@ def main() -> None:
         for round_no in range(rounds):
             # Interleave: every round measures everything, in a rotating order, so drift in
             # machine state (CPU frequency, idle states) hits all candidates alike.
-            order = [*IMPLS, "rb"]
+            order = list(names)
             order = order[round_no % len(order) :] + order[: round_no % len(order)]
             for name in order:
-                result = (
-                    redis_benchmark(server, rb_requests)
-                    if name == "rb"
-                    else run_workloads(name, server.url, count)
-                )
+                if name == "rb":
+                    result = redis_benchmark(server, rb_requests)
+                elif name.startswith("async:"):
+                    result = run_workloads(name[6:], server.url, count * 3, "async")
+                else:
+                    result = run_workloads(name, server.url, count)
                 for key, value in result.items():
                     samples[name].setdefault(key, []).append(value)
             print(f"round {round_no + 1}/{rounds} done", file=sys.stderr)
@@ -156,6 +209,12 @@ def report(medians: dict[str, dict[str, float]], samples: dict[str, Any], *, smo
     print(f"{'workload':<18}" + "".join(f"{i:>18}" for i in IMPLS))
     for w in WORKLOADS:
         print(f"{w:<18}" + "".join(f"{medians[i].get(w, 0):>18,.0f}" for i in IMPLS))
+    print("\nasyncio, one adapter shared by all tasks, median ops/s")
+    print(f"{'workload':<18}" + "".join(f"{i:>18}" for i in ASYNC_IMPLS))
+    for w in ASYNC_WORKLOADS:
+        print(
+            f"{w:<18}" + "".join(f"{medians['async:' + i].get(w, 0):>18,.0f}" for i in ASYNC_IMPLS)
+        )
     print("\nredis-benchmark on the same server:")
     for k, v in medians["rb"].items():
         print(f"  {k:<24}{v:>12,.0f}")
@@ -169,7 +228,7 @@ def report(medians: dict[str, dict[str, float]], samples: dict[str, Any], *, smo
         print(f"  {name:<58}{value:6.2f}{shown}{verdict}")
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    kind = "smoke" if smoke else "sync"
+    kind = "smoke" if smoke else "bench"
     path = RESULTS / f"{kind}-{stamp}.json"
     path.write_text(
         json.dumps(
@@ -196,24 +255,38 @@ def chart(medians: dict[str, dict[str, float]], path: Path) -> None:
     except ImportError:
         print("matplotlib not installed (pip install 'bantai[bench]'): no chart")
         return
-    fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(3.2 * len(WORKLOADS), 3.6))
     ceilings = {
         "get": "GET c1 P1",
         "set_ttl": "SET c1 P1",
         "update": "EVALSHA acquire c1 / 2",
         "get_many_100": "GET c1 P16",
+        "get 50 tasks": "GET c50 P1",
+        "set 50 tasks": "SET c50 P1",
     }
-    for ax, w in zip(axes, WORKLOADS, strict=True):
-        names = list(IMPLS) + (["redis-benchmark"] if w in ceilings else [])
-        values = [medians[i].get(w, 0) for i in IMPLS]
+    panels = [(w, IMPLS, "") for w in WORKLOADS] + [
+        (w, ASYNC_IMPLS, "async:") for w in ("get 50 tasks", "set 50 tasks", "update 50 tasks")
+    ]
+    fig, axes = plt.subplots(2, 4, figsize=(14, 7))
+    palette = {
+        "cython": "#2a7",
+        "python": "#7a2",
+        "baseline": "#888",
+        "cython+busy-poll": "#a5d",
+        "redis-benchmark": "#49c",
+    }
+    for ax, (w, impls, group) in zip(axes.flat, panels, strict=False):
+        names = [i for i in impls] + (["redis-benchmark"] if w in ceilings else [])
+        values = [medians[group + i].get(w, 0) for i in impls]
         if w in ceilings:
             values.append(medians["rb"][ceilings[w]])
-        ax.bar(names, values, color=["#2a7", "#7a2", "#888", "#a5d", "#49c"][: len(names)])
-        ax.set_title(w)
+        ax.bar(names, values, color=[palette[n] for n in names])
+        ax.set_title(("asyncio " if group else "sync ") + w)
         ax.tick_params(axis="x", rotation=45)
-    axes[0].set_ylabel("ops/s (keys/s for batches)")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.supylabel("ops/s (keys/s for batches)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     print(f"wrote {path}")
 
 

@@ -133,6 +133,94 @@ def baseline_workloads(url: str, count: int) -> dict[str, float]:
     return out
 
 
+async def _timed_tasks(fn: Callable[[int, int], Any], count: int, tasks: int) -> float:
+    """`tasks` concurrent tasks share the work; task t's i-th call is fn(t, i)."""
+    import asyncio
+
+    per_task = max(1, count // tasks)
+
+    async def worker(t: int, n: int) -> None:
+        for i in range(n):
+            await fn(t, i)
+
+    await asyncio.gather(*(worker(t, max(1, per_task // 10)) for t in range(tasks)))  # warm-up
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(t, per_task) for t in range(tasks)))
+    return per_task * tasks / (time.perf_counter() - started)
+
+
+ASYNC_SHAPES = ((1, "1 task"), (50, "50 tasks"))
+
+
+async def bantai_async_workloads(url: str, count: int) -> dict[str, float]:
+    import redis.asyncio
+
+    from bantai import create_async_redis_storage
+
+    client = redis.asyncio.Redis.from_url(url)
+    storage = create_async_redis_storage({"client": client}, Item, {"prefix": "async:"})
+    await storage.set_many({f"g{t}": ITEM for t in range(50)})
+    out: dict[str, float] = {}
+    for tasks, label in ASYNC_SHAPES:
+        out[f"get {label}"] = await _timed_tasks(lambda t, i: storage.get(f"g{t}"), count, tasks)
+        out[f"set {label}"] = await _timed_tasks(
+            lambda t, i: storage.set(f"s{t}", ITEM, ttl_ms=60_000), count, tasks
+        )
+        out[f"update {label}"] = await _timed_tasks(
+            lambda t, i: storage.update(f"u{t}", bump), count // 2, tasks
+        )
+    await storage.close()
+    await client.aclose()
+    return out
+
+
+async def baseline_async_workloads(url: str, count: int) -> dict[str, float]:
+    """50 tasks sharing one redis.asyncio.Redis, written the obvious way."""
+    import secrets
+
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url, max_connections=1000)
+    validator = Item.__pydantic_validator__
+    serializer = Item.__pydantic_serializer__
+    acquire = client.register_script(scripts.ACQUIRE.source)
+    commit = client.register_script(scripts.COMMIT.source)
+    data = serializer.to_json(validator.validate_python(ITEM))
+    await client.mset({f"base:g{t}": data for t in range(50)})
+
+    async def get(t: int, i: int) -> object:
+        raw = await client.get(f"base:g{t}")
+        return None if raw is None else validator.validate_json(raw)
+
+    async def set_ttl(t: int, i: int) -> None:
+        await client.set(
+            f"base:s{t}", serializer.to_json(validator.validate_python(ITEM)), px=60_000
+        )
+
+    async def update(t: int, i: int) -> object:
+        import asyncio
+
+        key = f"base:u{t}"
+        token = secrets.token_hex(16)
+        while True:
+            (entry,) = await acquire(keys=[key, key + ":lock"], args=[token, 10_000])
+            if entry[0] == 1:
+                break
+            await asyncio.sleep(0.05)
+        current = validator.validate_json(entry[1]) if len(entry) > 1 else None
+        new = validator.validate_python(bump(current)["value"])
+        await commit(keys=[key, key + ":lock"], args=[token, "keep", serializer.to_json(new), ""])
+        return new
+
+    out: dict[str, float] = {}
+    for tasks, label in ASYNC_SHAPES:
+        out[f"get {label}"] = await _timed_tasks(get, count, tasks)
+        out[f"set {label}"] = await _timed_tasks(set_ttl, count, tasks)
+        out[f"update {label}"] = await _timed_tasks(update, count // 2, tasks)
+    await client.aclose()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
@@ -140,7 +228,16 @@ def main() -> None:
     )
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--suite", choices=["sync", "async"], default="sync")
     args = parser.parse_args()
+    if args.suite == "async":
+        import asyncio
+
+        if args.impl == "baseline":
+            print(json.dumps(asyncio.run(baseline_async_workloads(args.url, args.count))))
+        else:
+            print(json.dumps(asyncio.run(bantai_async_workloads(args.url, args.count))))
+        return
     if args.impl == "cython+busy-poll":
         os.environ["BANTAI_BENCH_BUSY_POLL_US"] = str(BUSY_POLL_US)
     if args.impl == "baseline":
