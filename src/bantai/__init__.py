@@ -1,5 +1,21 @@
 """bantai: a fast, correct Redis storage adapter with Bantai policies and rate limiting."""
 
+from bantai.core import (
+    Context,
+    Policy,
+    PolicyResult,
+    Rule,
+    RuleContext,
+    RuleResult,
+    allow,
+    define_context,
+    define_policy,
+    define_rule,
+    deny,
+    evaluate_policy,
+    evaluate_policy_sync,
+    skip,
+)
 from bantai.errors import (
     BantaiError,
     InvalidInputError,
@@ -15,6 +31,14 @@ from bantai.errors import (
     UnsupportedOperationError,
     UpdateOutcomeUnknownError,
     WrongTypeError,
+)
+from bantai.ratelimit import (
+    RateLimitConfig,
+    RateLimitResult,
+    define_rate_limit_rule,
+    rate_limit,
+    rate_limit_schema,
+    with_rate_limit,
 )
 from bantai.redis import (
     AsyncRedisStorage,
@@ -32,10 +56,33 @@ from bantai.storage import (
     create_async_memory_storage,
     create_memory_storage,
 )
+from bantai.storage.with_storage import StorageTools, with_storage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Context",
+    "Policy",
+    "PolicyResult",
+    "RateLimitConfig",
+    "RateLimitResult",
+    "Rule",
+    "RuleContext",
+    "RuleResult",
+    "StorageTools",
+    "allow",
+    "define_context",
+    "define_policy",
+    "define_rate_limit_rule",
+    "define_rule",
+    "deny",
+    "evaluate_policy",
+    "evaluate_policy_sync",
+    "rate_limit",
+    "rate_limit_schema",
+    "skip",
+    "with_rate_limit",
+    "with_storage",
     "AsyncMemoryStorage",
     "AsyncRedisStorage",
     "create_async_memory_storage",

@@ -124,4 +124,102 @@ return {1}
 """,
 )
 
-SCRIPTS_BY_SHA: dict[bytes, Script] = {s.sha: s for s in (ACQUIRE, COMMIT, RELEASE, APPEND)}
+# KEYS[1] = limiter key   ARGV = type, limit, period_ms, cost, now_ms (0: use server TIME)
+# Atomic check-and-consume for the three limiters; mirrors bantai.ratelimit.algorithms
+# .decide operation for operation (same double arithmetic, same order). A fixed window
+# lives at KEYS[1] .. ':' .. <window start ms> (derived here from the server clock, so it
+# cannot be declared in KEYS; with the cluster layout it shares KEYS[1]'s hash tag).
+# Waits (reply {0}) while an update from the original's check+increment path holds the
+# key's lock. Reply: {1, allowed, remaining, reset_at_ms}.
+RATE_LIMIT = Script.of(
+    "rate_limit",
+    """
+#!lua
+local kind = ARGV[1]
+local limit = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local now = tonumber(ARGV[5])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local key = KEYS[1]
+local start = 0
+if kind == 'fixed-window' then
+  start = math.floor(now / period) * period
+  key = key .. ':' .. string.format('%d', start)
+end
+if redis.call('EXISTS', key .. ':lock') == 1 then return {0} end
+local raw = redis.call('GET', key)
+local state = nil
+if raw then state = cjson.decode(raw) end
+local function int(x) return string.format('%d', x) end
+
+if kind == 'fixed-window' then
+  local reset = start + period
+  local count = 0
+  if type(state) == 'table' and state.type == 'fixed-window' and tonumber(state.count) then
+    count = state.count
+  end
+  if cost > limit or count + cost > limit then
+    return {1, 0, math.max(0, limit - count), reset}
+  end
+  count = count + cost
+  redis.call('SET', key, '{"type":"fixed-window","count":' .. int(count) .. '}',
+             'PX', math.max(1, reset - now))
+  return {1, 1, limit - count, reset}
+end
+
+if kind == 'sliding-window' then
+  local valid = {}
+  if type(state) == 'table' and state.type == 'sliding-window'
+     and type(state.timestamps) == 'table' then
+    for _, t in ipairs(state.timestamps) do
+      if t > now - period then valid[#valid + 1] = t end
+    end
+  end
+  local function oldest()
+    local m = valid[1]
+    for i = 2, #valid do if valid[i] < m then m = valid[i] end end
+    return m
+  end
+  if cost > limit or #valid + cost > limit then
+    local reset = now + period
+    if #valid > 0 then reset = oldest() + period end
+    return {1, 0, math.max(0, limit - #valid), reset}
+  end
+  for _ = 1, cost do valid[#valid + 1] = now end
+  local parts = {}
+  for i = 1, #valid do parts[i] = int(valid[i]) end
+  redis.call('SET', key, '{"type":"sliding-window","timestamps":[' ..
+             table.concat(parts, ',') .. ']}', 'PX', period)
+  return {1, 1, limit - #valid, oldest() + period}
+end
+
+-- token bucket: limit = capacity, period = time to refill from empty to full
+local rate = limit / period
+local tokens = limit
+local last = now
+if type(state) == 'table' and state.type == 'token-bucket'
+   and tonumber(state.remainingTokens) and tonumber(state.lastRefillAt) then
+  tokens = state.remainingTokens
+  last = state.lastRefillAt
+end
+local elapsed = now - last
+if elapsed > 0 then tokens = math.min(limit, tokens + elapsed * rate) end
+if cost > limit or tokens < cost then
+  return {1, 0, math.max(0, math.floor(tokens)), now + math.ceil((limit - tokens) / rate)}
+end
+tokens = tokens - cost
+local whole = math.floor(tokens)
+local carried = math.floor((tokens - whole) / rate)
+redis.call('SET', key, '{"type":"token-bucket","remainingTokens":' .. int(whole) ..
+           ',"lastRefillAt":' .. int(now - carried) .. '}', 'PX', period)
+return {1, 1, whole, now + math.ceil((limit - tokens) / rate)}
+""",
+)
+
+SCRIPTS_BY_SHA: dict[bytes, Script] = {
+    s.sha: s for s in (ACQUIRE, COMMIT, RELEASE, APPEND, RATE_LIMIT)
+}

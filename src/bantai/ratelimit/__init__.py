@@ -1,0 +1,29 @@
+"""Rate limiting: fixed window, sliding window, token bucket, with an atomic consume."""
+
+from bantai.ratelimit import rate_limit
+from bantai.ratelimit.algorithms import (
+    FixedWindowState,
+    RateLimitConfig,
+    RateLimitResult,
+    SlidingWindowState,
+    TokenBucketState,
+    storage_schema,
+)
+from bantai.ratelimit.periods import period_ms
+from bantai.ratelimit.rule import define_rate_limit_rule, with_rate_limit
+
+rate_limit_schema = storage_schema  # the original's name (`rateLimitSchema`)
+
+__all__ = [
+    "FixedWindowState",
+    "RateLimitConfig",
+    "RateLimitResult",
+    "SlidingWindowState",
+    "TokenBucketState",
+    "define_rate_limit_rule",
+    "period_ms",
+    "rate_limit",
+    "rate_limit_schema",
+    "storage_schema",
+    "with_rate_limit",
+]

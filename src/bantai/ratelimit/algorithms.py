@@ -1,0 +1,192 @@
+"""The three limiters as pure functions of (stored state, now) -> (decision, new state).
+
+This is the reference the Redis Lua script (`redis/scripts.py: RATE_LIMIT`) mirrors
+operation for operation (same float arithmetic in the same order), and what the memory
+storage runs in-process. Stored states are the TypeScript original's JSON shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from bantai.errors import InvalidOptionError
+from bantai.ratelimit.periods import period_ms
+
+Algorithm = Literal["fixed-window", "sliding-window", "token-bucket"]
+ALGORITHMS: tuple[Algorithm, ...] = ("fixed-window", "sliding-window", "token-bucket")
+
+
+# --- stored state (wire format of @bantai-dev/with-rate-limit) ------------------------------
+
+
+class FixedWindowState(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["fixed-window"]
+    count: int = Field(ge=0)
+
+
+class SlidingWindowState(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["sliding-window"]
+    timestamps: list[Annotated[int, Field(ge=0)]]
+
+
+class TokenBucketState(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    type: Literal["token-bucket"]
+    remaining_tokens: int = Field(ge=0, alias="remainingTokens")
+    last_refill_at: int = Field(ge=0, alias="lastRefillAt")
+
+
+RateLimitState = Annotated[
+    FixedWindowState | SlidingWindowState | TokenBucketState, Field(discriminator="type")
+]
+# The schema to give a storage that holds limiter state (the original's `rateLimitSchema`).
+storage_schema: TypeAdapter[Any] = TypeAdapter(RateLimitState)
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """A validated limiter: `limit` requests (tokens: bucket capacity) per `period_ms`
+    (token bucket: the time to refill from empty to full), `cost` per request."""
+
+    type: Algorithm
+    limit: int
+    period_ms: int
+    cost: int = 1
+    key: str | None = None
+
+    @classmethod
+    def parse(cls, config: RateLimitConfig | Mapping[str, Any]) -> RateLimitConfig:
+        """From a mapping in the original's vocabulary: `type`, `limit`, `period` (also
+        `windowMs`, or `capacity` + `refillRate` for a token bucket), `cost`, `key`."""
+        if isinstance(config, RateLimitConfig):
+            return config
+        if not isinstance(config, Mapping):
+            raise InvalidOptionError(f"rate limit config must be a mapping, not {config!r}")
+        kind = config.get("type", "fixed-window")
+        if kind not in ALGORITHMS:
+            raise InvalidOptionError(f"rate limit type must be one of {ALGORITHMS}, not {kind!r}")
+        limit = config.get("limit", config.get("capacity"))
+        period = config.get("period", config.get("windowMs", config.get("refillRate")))
+        if period is None:
+            raise InvalidOptionError("rate limit config needs a 'period' (e.g. '1m')")
+        return cls.create(kind, limit, period, config.get("cost", 1), config.get("key"))
+
+    @classmethod
+    def create(
+        cls, kind: Algorithm, limit: object, period: object, cost: object = 1, key: object = None
+    ) -> RateLimitConfig:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidOptionError(f"rate limit 'limit' must be an int >= 1, not {limit!r}")
+        spend = check_cost(cost)
+        if key is not None and not isinstance(key, str):
+            raise InvalidOptionError(f"rate limit 'key' must be a str, not {key!r}")
+        return cls(kind, limit, period_ms(period), spend, key)
+
+
+def check_cost(cost: object) -> int:
+    if not isinstance(cost, int) or isinstance(cost, bool) or cost < 1:
+        raise InvalidOptionError(f"rate limit 'cost' must be an int >= 1, not {cost!r}")
+    return cost
+
+
+# --- decisions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitResult:
+    """A decision: `allowed`, `remaining` (after this request), `reset_at` (epoch ms) and a
+    human `reason`, as in the original's check result."""
+
+    allowed: bool
+    remaining: int
+    reset_at: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"allowed": self.allowed, "remaining": self.remaining,
+                "resetAt": self.reset_at, "reason": self.reason}  # fmt: skip
+
+
+def _iso(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def explain(
+    config: RateLimitConfig, allowed: bool, remaining: int, reset_at: int, cost: int
+) -> RateLimitResult:
+    """The result with the original's reason strings."""
+    if allowed:
+        reason = f"rate_limit_passed: {remaining} remaining"
+    elif cost > config.limit:
+        reason = f"rate_limit_exceeded: cost {cost} is more than the limit of {config.limit}"
+    else:
+        reason = f"rate_limit_exceeded: limit of {config.limit} reached, resets at {_iso(reset_at)}"
+    return RateLimitResult(allowed, remaining, reset_at, reason)
+
+
+def window_start(config: RateLimitConfig, now: int) -> int:
+    return now // config.period_ms * config.period_ms
+
+
+def decide(
+    config: RateLimitConfig, state: Any, now: int, cost: int
+) -> tuple[bool, int, int, dict[str, Any] | None, int]:
+    """(allowed, remaining, reset_at, new state to store or None, its TTL in ms).
+
+    For a fixed window, `state` is the state of the window that contains `now`."""
+    limit, period = config.limit, config.period_ms
+    if config.type == "fixed-window":
+        start = window_start(config, now)
+        reset_at = start + period
+        count = state.count if isinstance(state, FixedWindowState) else 0
+        if cost > limit or count + cost > limit:
+            return False, max(0, limit - count), reset_at, None, 0
+        count += cost
+        return (
+            True,
+            limit - count,
+            reset_at,
+            {"type": "fixed-window", "count": count},
+            max(1, reset_at - now),
+        )
+    if config.type == "sliding-window":
+        stamps = state.timestamps if isinstance(state, SlidingWindowState) else []
+        valid = [t for t in stamps if t > now - period]
+        if cost > limit or len(valid) + cost > limit:
+            reset_at = (min(valid) + period) if valid else now + period
+            return False, max(0, limit - len(valid)), reset_at, None, 0
+        valid.extend([now] * cost)
+        new: dict[str, Any] = {"type": "sliding-window", "timestamps": valid}
+        return True, limit - len(valid), min(valid) + period, new, period
+    # token bucket
+    rate = limit / period
+    if isinstance(state, TokenBucketState):
+        tokens: float = state.remaining_tokens
+        last = state.last_refill_at
+    else:
+        tokens, last = float(limit), now
+    elapsed = now - last
+    if elapsed > 0:
+        tokens = min(float(limit), tokens + elapsed * rate)
+    if cost > limit or tokens < cost:
+        reset_at = now + math.ceil((limit - tokens) / rate)
+        return False, max(0, math.floor(tokens)), reset_at, None, 0
+    tokens = tokens - cost
+    whole = math.floor(tokens)
+    # Keep the fractional token: move lastRefillAt back by the time it took to accrue it
+    # (the original floors it away, refilling slower than configured).
+    carried = math.floor((tokens - whole) / rate)
+    bucket = {"type": "token-bucket", "remainingTokens": whole, "lastRefillAt": now - carried}
+    return True, whole, now + math.ceil((limit - tokens) / rate), bucket, period

@@ -1,0 +1,120 @@
+"""`with_rate_limit` and `define_rate_limit_rule`: rate limiting as a Bantai rule.
+
+Unlike the original (check in the rule, increment in its on_allow hook: two steps, so
+concurrent requests are over-admitted), the rule consumes atomically before the rule's own
+logic runs. A request that the limiter admits is counted even if the rule's own
+`evaluate` then denies it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
+from typing import Any
+
+from bantai.core.context import Context, extend_context
+from bantai.core.results import deny
+from bantai.core.rules import Evaluate, Hook, Rule, RuleContext, define_rule
+from bantai.errors import InvalidOptionError
+from bantai.ratelimit import rate_limit
+from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, storage_schema
+from bantai.storage.memory import create_memory_storage
+from bantai.storage.with_storage import with_storage
+
+RATE_LIMIT_FIELD = "rate_limit"
+_CONFIG_KEYS = {"type", "limit", "period", "cost", "key", "windowMs", "capacity", "refillRate"}
+
+
+def _check_section(section: object) -> dict[str, Any]:
+    """Validate a (partial) rate-limit section of the input or of default values."""
+    if section is None:
+        return {}
+    if not isinstance(section, Mapping):
+        raise InvalidOptionError(f"rate_limit must be a mapping, not {type(section).__name__}")
+    unknown = sorted(set(section) - _CONFIG_KEYS)
+    if unknown:
+        raise InvalidOptionError(f"rate_limit: unknown field(s) {unknown}")
+    out = dict(section)
+    if {"limit", "period"} <= out.keys() or {"capacity", "refillRate"} <= out.keys():
+        RateLimitConfig.parse(out)  # complete: check it now
+    return out
+
+
+def with_rate_limit(
+    context: Context,
+    storage: Any = None,
+    generate_key: Callable[[Any], str] | None = None,
+    default_values: Mapping[str, Any] | None = None,
+) -> Context:
+    """Extend `context` for rate-limit rules: limiter state goes to `storage` (a storage
+    created with `rate_limit.storage_schema`; the in-memory storage by default), the input
+    may carry a `rate_limit` section (type, limit, period, cost, key) over
+    `default_values`, and `generate_key(input)` names the limited subject."""
+    limiter_storage = storage if storage is not None else create_memory_storage(storage_schema)
+    defaults = _check_section(default_values)
+    tools = SimpleNamespace(
+        check=rate_limit.check,
+        increment=rate_limit.increment,
+        consume=rate_limit.consume,
+        storage_schema=storage_schema,
+        generate_key=generate_key,
+        storage=limiter_storage,
+    )
+    extended = extend_context(
+        context,
+        tools={"rate_limit": tools},
+        extensions={RATE_LIMIT_FIELD: _check_section},
+        extension_defaults={RATE_LIMIT_FIELD: defaults},
+    )
+    return with_storage(extended, limiter_storage, storage_name="rate_limit")
+
+
+def define_rate_limit_rule(
+    context: Context,
+    name: str,
+    evaluate: Evaluate,
+    config: Mapping[str, Any] | None = None,
+    on_allow: Hook | None = None,
+    on_deny: Hook | None = None,
+) -> Rule:
+    """A rule that first consumes from the limiter (key `rules:<name>:<key>`), denies when
+    the limit is reached, and otherwise runs `evaluate(input, ctx)`, where
+    `ctx.rate_limit` is the decision (allowed, remaining, reset_at, reason)."""
+    if "rate_limit" not in context.tools:
+        raise InvalidOptionError("define_rate_limit_rule needs a context from with_rate_limit")
+    tools = context.tools.rate_limit
+    # Precedence: with_rate_limit's defaults < this rule's config < the input's section.
+    base = {**context.extension_defaults.get(RATE_LIMIT_FIELD, {}), **_check_section(config)}
+    if {"limit", "period"} <= base.keys() or {"capacity", "refillRate"} <= base.keys():
+        RateLimitConfig.parse(base)  # invalid limits, periods, costs fail here, not later
+    asynchronous = inspect.iscoroutinefunction(getattr(tools.storage, "update", None))
+
+    def plan(data: Any, ctx: RuleContext) -> tuple[RateLimitConfig, str]:
+        section = {**base, **ctx.extras.get(RATE_LIMIT_FIELD, {})}
+        cfg = RateLimitConfig.parse(section)
+        subject = section.get("key") or (tools.generate_key(data) if tools.generate_key else None)
+        return cfg, f"rules:{name}:{subject or 'unknown-key'}"
+
+    def decided(result: RateLimitResult, data: Any, ctx: RuleContext) -> Any:
+        ctx.state["rate_limit"] = result
+        if not result.allowed:
+            return deny(reason=result.reason, meta={"rate_limit": result.to_json()})
+        return evaluate(data, ctx)
+
+    if asynchronous:
+
+        async def limited_async(data: Any, ctx: RuleContext) -> Any:
+            cfg, key = plan(data, ctx)
+            outcome = decided(
+                await rate_limit.consume_async(tools.storage, cfg, key=key), data, ctx
+            )
+            return await outcome if inspect.isawaitable(outcome) else outcome
+
+        return define_rule(context, name, limited_async, on_allow, on_deny)
+
+    def limited(data: Any, ctx: RuleContext) -> Any:
+        cfg, key = plan(data, ctx)
+        return decided(rate_limit.consume(tools.storage, cfg, key=key), data, ctx)
+
+    return define_rule(context, name, limited, on_allow, on_deny)
