@@ -59,7 +59,20 @@ def bantai_workloads(url: str, count: int) -> dict[str, float]:
     keys = [f"many:{i}" for i in range(BATCH)]
     storage.set_many({k: ITEM for k in keys})
     storage.set("k", ITEM)
+    from bantai import rate_limit, rate_limit_schema
+
+    limiter = create_redis_storage(
+        {"client": client},
+        rate_limit_schema,
+        {"prefix": f"{IMPLEMENTATION}:rl:", "busy_poll_us": spin},
+    )
+    limit = {"type": "fixed-window", "limit": 10**9, "period": "1h", "key": "api"}
     out = {
+        "rate_limit_consume": _timed(lambda: rate_limit.consume(limiter, limit), count),
+        "rate_limit_check_increment": _timed(
+            lambda: (rate_limit.check(limiter, limit), rate_limit.increment(limiter, limit)),
+            count // 3,
+        ),
         "get": _timed(lambda: storage.get("k"), count),
         "set_ttl": _timed(lambda: storage.set("s", ITEM, ttl_ms=60_000), count),
         "update": _timed(lambda: storage.update("u", bump), count // 2),
@@ -125,6 +138,7 @@ def baseline_workloads(url: str, count: int) -> dict[str, float]:
     out = {
         "get": _timed(get, count),
         "set_ttl": _timed(set_ttl, count),
+        **_limits_library(url, count),
         "update": _timed(update, count // 2),
         "get_many_100": _timed(get_many, count // 20, BATCH),
         "update_many_100": _timed(update_many, count // 50, BATCH),
@@ -219,6 +233,18 @@ async def baseline_async_workloads(url: str, count: int) -> dict[str, float]:
         out[f"update {label}"] = await _timed_tasks(update, count // 2, tasks)
     await client.aclose()
     return out
+
+
+def _limits_library(url: str, count: int) -> dict[str, float]:
+    """The `limits` package's fixed window on the same server, when it is installed (its
+    `redis` extra pins redis-py < 8, so the bench extra installs it without the extra)."""
+    try:
+        from limits import parse, storage, strategies
+    except ImportError:
+        return {}
+    limiter = strategies.FixedWindowRateLimiter(storage.storage_from_string(url))
+    item = parse("1000000000/hour")
+    return {"rate_limit_consume": _timed(lambda: limiter.hit(item, "api"), count)}
 
 
 def main() -> None:
