@@ -352,3 +352,27 @@ def test_asyncio_500_concurrent_at_limit_100(redis_server: LocalRedisServer) -> 
         return sum(r.is_allowed for r in results)
 
     assert asyncio.run(main()) == 100
+
+
+@pytest.mark.parametrize("kind", ["async-memory", "async-redis"])
+def test_async_api(kind: str, redis_server: LocalRedisServer) -> None:
+    from bantai import create_async_memory_storage
+    from bantai.ratelimit import rate_limit as rl
+
+    async def main() -> None:
+        options = {"prefix": unique_prefix()}
+        storage: Any = (
+            create_async_memory_storage(rate_limit_schema, options)
+            if kind == "async-memory"
+            else create_async_redis_storage({"url": redis_server.url}, rate_limit_schema, options)
+        )
+        clock = Clock()
+        cfg = {"type": "fixed-window", "limit": 2, "period": "1s", "key": "k"}
+        assert (await rl.check_async(storage, cfg, clock=clock)).remaining == 1
+        await rl.increment_async(storage, cfg, clock=clock)
+        assert (await rl.consume_async(storage, cfg, clock=clock)).remaining == 0
+        assert not (await rl.consume_async(storage, cfg, clock=clock)).allowed
+        assert not (await rl.check_async(storage, cfg, clock=clock)).allowed
+        await storage.close()
+
+    asyncio.run(main())

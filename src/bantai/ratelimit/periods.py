@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import timedelta
@@ -24,20 +25,28 @@ _PERIOD = re.compile(r"^\s*(\d*\.?\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 def period_ms(period: object, *, name: str = "period") -> int:
     """Milliseconds (>= 1) of a period; `InvalidOptionError` (a ValueError) otherwise."""
+    if isinstance(period, str):
+        return _parse_text(period, name)
     if isinstance(period, timedelta):
-        ms = period / timedelta(milliseconds=1)
-    elif isinstance(period, str):
-        match = _PERIOD.match(period)
-        unit = match.group(2).lower() if match else ""
-        if match is None or (unit and unit not in _UNITS):
-            raise InvalidOptionError(
-                f"{name} {period!r} is not a period like '500ms', '5s', '30m', '1h' or '1d'"
-            )
-        ms = float(match.group(1)) * _UNITS[unit or "ms"]
-    else:
+        return _whole_ms(period / timedelta(milliseconds=1), period, name)
+    raise InvalidOptionError(
+        f"{name} must be a string like '1m' or a timedelta, not {type(period).__name__}"
+    )
+
+
+@functools.lru_cache(maxsize=256)  # rules re-read the same few periods on every request
+def _parse_text(period: str, name: str) -> int:
+    match = _PERIOD.match(period)
+    unit = match.group(2).lower() if match else ""
+    if match is None or (unit and unit not in _UNITS):
         raise InvalidOptionError(
-            f"{name} must be a string like '1m' or a timedelta, not {type(period).__name__}"
+            f"{name} {period!r} is not a period like '500ms', '5s', '30m', '1h' or '1d'"
         )
+    ms = float(match.group(1)) * _UNITS[unit or "ms"]
+    return _whole_ms(ms, period, name)
+
+
+def _whole_ms(ms: float, period: object, name: str) -> int:
     if not math.isfinite(ms) or round(ms) < 1:
         raise InvalidOptionError(f"{name} {period!r} must be at least 1 ms")
     return round(ms)

@@ -186,9 +186,18 @@ async def consume_async(
 # --- the original's two-step API (kept for compatibility; racy by design) ----------------
 
 
-def _check_result(cfg: RateLimitConfig, current: Any, now: int, cost: int) -> RateLimitResult:
-    allowed, remaining, reset_at, _, _ = decide(cfg, _normalise(current), now, cost)
-    return explain(cfg, allowed, remaining, reset_at, cost)
+def _at(
+    config: ConfigLike, key: str | None, clock: Clock | None
+) -> tuple[RateLimitConfig, int, str]:
+    """The parsed config, the time, and the storage key of the state that time reads."""
+    cfg = RateLimitConfig.parse(config)
+    now = clock() if clock else wall_clock_ms()
+    return cfg, now, _state_key(cfg, _key(cfg, key), now)
+
+
+def _check_result(cfg: RateLimitConfig, current: Any, now: int) -> RateLimitResult:
+    allowed, remaining, reset_at, _, _ = decide(cfg, _normalise(current), now, cfg.cost)
+    return explain(cfg, allowed, remaining, reset_at, cfg.cost)
 
 
 def check(
@@ -197,29 +206,28 @@ def check(
     """Read-only: would a request be admitted now? (The original's `checkRateLimit`.)
     Check-then-increment is not atomic: concurrent requests can be over-admitted; use
     `consume`."""
-    cfg = RateLimitConfig.parse(config)
-    now = clock() if clock else wall_clock_ms()
-    state_key = _state_key(cfg, _key(cfg, key), now)
-    return _check_result(cfg, storage.get(state_key), now, cfg.cost)
+    cfg, now, state_key = _at(config, key, clock)
+    return _check_result(cfg, storage.get(state_key), now)
 
 
 async def check_async(
     storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
 ) -> RateLimitResult:
-    cfg = RateLimitConfig.parse(config)
-    now = clock() if clock else wall_clock_ms()
-    state_key = _state_key(cfg, _key(cfg, key), now)
-    return _check_result(cfg, await storage.get(state_key), now, cfg.cost)
+    cfg, now, state_key = _at(config, key, clock)
+    return _check_result(cfg, await storage.get(state_key), now)
 
 
 def _increment_updater(cfg: RateLimitConfig, now: int) -> Any:
+    # Counts even past the limit, like the original's incrementRateLimit (a token bucket
+    # only spends tokens it has).
+    loose = (
+        cfg
+        if cfg.type == "token-bucket"
+        else RateLimitConfig(cfg.type, 2**62, cfg.period_ms, cfg.cost, cfg.key)
+    )
+
     def update(current: Any) -> Any:
-        state = _normalise(current)
-        # Counts even past the limit, like the original's incrementRateLimit.
-        loose = RateLimitConfig(cfg.type, 2**62, cfg.period_ms, cfg.cost, cfg.key)
-        if cfg.type == "token-bucket":
-            loose = cfg
-        _, _, _, new, ttl = decide(loose, state, now, cfg.cost)
+        _, _, _, new, ttl = decide(loose, _normalise(current), now, cfg.cost)
         return None if new is None else {"value": new, "ttl_ms": ttl}
 
     return update
@@ -229,14 +237,12 @@ def increment(
     storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
 ) -> None:
     """Count one request (the original's `incrementRateLimit`), through `update`."""
-    cfg = RateLimitConfig.parse(config)
-    now = clock() if clock else wall_clock_ms()
-    storage.update(_state_key(cfg, _key(cfg, key), now), _increment_updater(cfg, now))
+    cfg, now, state_key = _at(config, key, clock)
+    storage.update(state_key, _increment_updater(cfg, now))
 
 
 async def increment_async(
     storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
 ) -> None:
-    cfg = RateLimitConfig.parse(config)
-    now = clock() if clock else wall_clock_ms()
-    await storage.update(_state_key(cfg, _key(cfg, key), now), _increment_updater(cfg, now))
+    cfg, now, state_key = _at(config, key, clock)
+    await storage.update(state_key, _increment_updater(cfg, now))

@@ -17,6 +17,7 @@ fresh, health-checked connection from the pool.
 from __future__ import annotations
 
 import os
+import select
 import weakref
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -51,6 +52,17 @@ def _forget_inherited_connections() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_inherited_connections)
+
+
+def _stale(conn: Any) -> bool:
+    """True when an idle connection has no socket, or its socket is readable (the server
+    closed it, or it holds bytes nobody asked for): one zero-timeout poll()."""
+    sock = conn._sock
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class SyncDriver:
@@ -114,17 +126,11 @@ class SyncDriver:
             wire = self._idle.pop()
         except IndexError:
             return Wire(self._pool.get_connection())  # connects and authenticates if needed
-        if fresh:
+        if fresh and _stale(wire.conn):
             # Before a write that must not be sent twice, make sure an idle connection was
             # not closed under us: afterwards, a failure would be reported as ambiguous.
-            conn = wire.conn
-            try:
-                usable = conn._sock is not None and not conn.can_read()
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                usable = False
-            if not usable:
-                self._discard(wire)
-                return Wire(self._pool.get_connection())
+            self._discard(wire)
+            return Wire(self._pool.get_connection())
         return wire
 
     def _discard(self, wire: Wire) -> None:
