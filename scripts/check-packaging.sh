@@ -24,7 +24,12 @@ python_of_venv="$work/venv/bin/python"
 check() {  # expected implementation
   (cd "$work" && "$python_of_venv" -c "
 import bantai.redis, sys
-print('   IMPLEMENTATION =', bantai.redis.IMPLEMENTATION)
+from bantai import create_memory_storage, rate_limit, rate_limit_schema
+# pydantic is optional: the core, the storages and rate limiting work without it
+storage = create_memory_storage(rate_limit_schema)
+assert rate_limit.consume(storage, {'type': 'token-bucket', 'limit': 1, 'period': '1m',
+                                    'key': 'k'}).allowed
+print('   IMPLEMENTATION =', bantai.redis.IMPLEMENTATION, '(works without pydantic)')
 sys.exit(bantai.redis.IMPLEMENTATION != '$1')")
 }
 if "$python_of_venv" -c "import Cython" 2>/dev/null; then echo "FAIL: Cython leaked in"; exit 1; fi

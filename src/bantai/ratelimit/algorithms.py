@@ -11,9 +11,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_core import SchemaValidator
+from pydantic_core import core_schema as cs
 
 from bantai.errors import InvalidOptionError
 from bantai.ratelimit.periods import period_ms
@@ -23,32 +24,45 @@ ALGORITHMS: tuple[Algorithm, ...] = ("fixed-window", "sliding-window", "token-bu
 
 
 # --- stored state (wire format of @bantai-dev/with-rate-limit) ------------------------------
+# Plain pydantic-core schemas (no pydantic needed): states are dicts with these keys.
 
 
-class FixedWindowState(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class FixedWindowState(TypedDict):
     type: Literal["fixed-window"]
-    count: int = Field(ge=0)
+    count: int
 
 
-class SlidingWindowState(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class SlidingWindowState(TypedDict):
     type: Literal["sliding-window"]
-    timestamps: list[Annotated[int, Field(ge=0)]]
+    timestamps: list[int]
 
 
-class TokenBucketState(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+class TokenBucketState(TypedDict):
     type: Literal["token-bucket"]
-    remaining_tokens: int = Field(ge=0, alias="remainingTokens")
-    last_refill_at: int = Field(ge=0, alias="lastRefillAt")
+    remainingTokens: int
+    lastRefillAt: int
 
 
-RateLimitState = Annotated[
-    FixedWindowState | SlidingWindowState | TokenBucketState, Field(discriminator="type")
-]
+def _state(kind: str, **fields: cs.CoreSchema) -> cs.CoreSchema:
+    return cs.typed_dict_schema(
+        {
+            "type": cs.typed_dict_field(cs.literal_schema([kind])),
+            **{name: cs.typed_dict_field(schema) for name, schema in fields.items()},
+        }
+    )
+
+
+_COUNT = cs.int_schema(ge=0)
 # The schema to give a storage that holds limiter state (the original's `rateLimitSchema`).
-storage_schema: TypeAdapter[Any] = TypeAdapter(RateLimitState)
+storage_schema: cs.CoreSchema = cs.tagged_union_schema(
+    {
+        "fixed-window": _state("fixed-window", count=_COUNT),
+        "sliding-window": _state("sliding-window", timestamps=cs.list_schema(_COUNT)),
+        "token-bucket": _state("token-bucket", remainingTokens=_COUNT, lastRefillAt=_COUNT),
+    },
+    discriminator="type",
+)
+state_validator = SchemaValidator(storage_schema)
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -140,6 +154,10 @@ def window_start(config: RateLimitConfig, now: int) -> int:
     return now // config.period_ms * config.period_ms
 
 
+def _is(state: Any, kind: str) -> bool:
+    return isinstance(state, Mapping) and state.get("type") == kind
+
+
 def decide(
     config: RateLimitConfig, state: Any, now: int, cost: int
 ) -> tuple[bool, int, int, dict[str, Any] | None, int]:
@@ -150,7 +168,7 @@ def decide(
     if config.type == "fixed-window":
         start = window_start(config, now)
         reset_at = start + period
-        count = state.count if isinstance(state, FixedWindowState) else 0
+        count = state["count"] if _is(state, "fixed-window") else 0
         if cost > limit or count + cost > limit:
             return False, max(0, limit - count), reset_at, None, 0
         count += cost
@@ -162,7 +180,7 @@ def decide(
             max(1, reset_at - now),
         )
     if config.type == "sliding-window":
-        stamps = state.timestamps if isinstance(state, SlidingWindowState) else []
+        stamps = state["timestamps"] if _is(state, "sliding-window") else []
         valid = [t for t in stamps if t > now - period]
         if cost > limit or len(valid) + cost > limit:
             reset_at = (min(valid) + period) if valid else now + period
@@ -172,9 +190,9 @@ def decide(
         return True, limit - len(valid), min(valid) + period, new, period
     # token bucket
     rate = limit / period
-    if isinstance(state, TokenBucketState):
-        tokens: float = state.remaining_tokens
-        last = state.last_refill_at
+    if _is(state, "token-bucket"):
+        tokens: float = state["remainingTokens"]
+        last = state["lastRefillAt"]
     else:
         tokens, last = float(limit), now
     elapsed = now - last

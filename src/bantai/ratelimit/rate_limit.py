@@ -21,6 +21,7 @@ from bantai.ratelimit.algorithms import (
     check_cost,
     decide,
     explain,
+    state_validator,
     storage_schema,
     window_start,
 )
@@ -73,7 +74,12 @@ def _state_key(config: RateLimitConfig, key: str, now: int) -> str:
 
 
 def _normalise(current: Any) -> Any:
-    return storage_schema.validate_python(current) if isinstance(current, Mapping) else current
+    """Limiter state as a validated dict, whatever the storage's schema returned."""
+    if current is None:
+        return None
+    if hasattr(current, "model_dump"):
+        current = current.model_dump(by_alias=True)
+    return state_validator.validate_python(current)
 
 
 # --- the Redis path: one script ----------------------------------------------------------
