@@ -59,24 +59,7 @@ class LocalRedisServer:
     def start(self, timeout: float = 10.0) -> LocalRedisServer:
         binary = find_redis_server()
         for _attempt in range(5):
-            args = [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                self.host,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir,
-                "--daemonize",
-                "no",
-                "--logfile",
-                os.path.join(self._dir, "redis.log"),
-                *self.extra_args,
-            ]
+            args = self._command(binary)
             self.process = subprocess.Popen(
                 args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
@@ -85,6 +68,14 @@ class LocalRedisServer:
             self._terminate()
             self.port = free_port()  # the port was taken in the meantime: try another
         raise RuntimeError(f"redis-server did not start; see {self._dir}/redis.log")
+
+    def _command(self, binary: str) -> list[str]:
+        return [
+            binary, "--port", str(self.port), "--bind", self.host,
+            "--save", "", "--appendonly", "no", "--dir", self._dir,
+            "--daemonize", "no", "--logfile", os.path.join(self._dir, "redis.log"),
+            *self.extra_args,
+        ]  # fmt: skip
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -133,3 +124,25 @@ class LocalRedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LocalSentinel(LocalRedisServer):
+    """A Redis Sentinel watching `master_port` on 127.0.0.1 as `name` (quorum 1), with
+    short timeouts so failovers in tests take a second or two."""
+
+    def __init__(self, master_port: int, name: str = "mymaster") -> None:
+        super().__init__()
+        self.name = name
+        conf = os.path.join(self._dir, "sentinel.conf")
+        with open(conf, "w") as fh:
+            fh.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self._dir}\n"
+                f"sentinel monitor {name} 127.0.0.1 {master_port} 1\n"
+                f"sentinel down-after-milliseconds {name} 1000\n"
+                f"sentinel failover-timeout {name} 3000\n"
+            )
+        self.extra_args = ("--sentinel",)
+        self._conf = conf
+
+    def _command(self, binary: str) -> list[str]:
+        return [binary, self._conf, "--port", str(self.port), *self.extra_args]

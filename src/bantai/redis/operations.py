@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from bantai.errors import (
     LockLostError,
@@ -440,7 +440,6 @@ __all__ = [
     "Context",
     "Operation",
     "ReplyLost",
-    "ResponseError",
     "RoundTrip",
     "Sleep",
     "Step",
