@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bantai import (
     LockLostError,
+    LockTimeoutError,
     UpdateOutcomeUnknownError,
     create_redis_storage,
 )
@@ -283,3 +284,88 @@ def test_frozen_server_times_out_then_recovers(
     assert storage.get("c") == Counter(count=1)  # a fresh connection, replies in step
     assert storage.update("c", increment) == Counter(count=2)
     client.close()
+
+
+def test_acl_user_without_access_to_the_prefix(
+    own_redis_server: Callable[..., LocalRedisServer],
+) -> None:
+    server = own_redis_server()
+    admin = redis.Redis.from_url(server.url)
+    admin.acl_setuser(
+        "limited", enabled=True, passwords=["+pw"], keys=["other:*"], commands=["+@all"]
+    )
+    storage = create_redis_storage(
+        {"url": f"redis://limited:pw@127.0.0.1:{server.port}/0"}, Counter, {"prefix": "app:"}
+    )
+    for call in (lambda: storage.get("c"), lambda: storage.update("c", increment)):
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            call()
+        assert time.monotonic() - started < 1  # refused at once, not retried
+    allowed = create_redis_storage(
+        {"url": f"redis://limited:pw@127.0.0.1:{server.port}/0"}, Counter, {"prefix": "other:"}
+    )
+    assert allowed.update("c", increment) == Counter(count=1)
+    assert admin.keys("app:*") == []
+    storage.close()
+    allowed.close()
+    admin.close()
+
+
+def test_client_clock_jumps_change_nothing(
+    make_redis_storage: Any, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waits use the monotonic clock and rate limits use the server's TIME, so a client
+    wall clock that jumps an hour either way changes no decision."""
+    from bantai import rate_limit, rate_limit_schema
+
+    limits = make_redis_storage(rate_limit_schema, prefix="clk:")
+    config = {"type": "fixed-window", "limit": 3, "period": "1h", "key": "k"}
+    real_time, real_ns = time.time, time.time_ns
+    decisions = []
+    for shift in (0, 3600, -3600, 0):
+        monkeypatch.setattr(time, "time", lambda s=shift: real_time() + s)
+        monkeypatch.setattr(time, "time_ns", lambda s=shift: real_ns() + s * 10**9)
+        decisions.append(rate_limit.consume(limits, config).allowed)
+    # one window (unless the server's own hour ended mid-test): 3 admitted, then denied
+    assert decisions == [True, True, True, False] or len(raw.keys("clk:k:*")) == 2
+    counters = make_redis_storage(Counter, prefix="clk2:", lock_timeout_ms=200, lock_retry_ms=20)
+    raw.set("clk2:c:lock", "someone", px=5000)
+    monkeypatch.setattr(time, "time", lambda: real_time() + 7200)
+    started = time.monotonic()
+    with pytest.raises(LockTimeoutError, match="Failed to acquire lock"):
+        counters.update("c", increment)
+    assert time.monotonic() - started < 0.2 + 0.02 + 0.2
+
+
+def test_nothing_of_ours_outlives_its_ttl(make_redis_storage: Any, raw: redis.Redis) -> None:
+    """RELIABILITY property 4: after locks, limiter traffic and a crashed holder, once the
+    longest TTL has passed only values written without a TTL remain."""
+    from bantai import rate_limit, rate_limit_schema
+
+    storage = make_redis_storage(Counter, prefix="ttl:", lock_timeout_ms=300, lock_ttl_ms=300)
+    limits = make_redis_storage(rate_limit_schema, prefix="ttl:rl:")
+    storage.set("kept", {"count": 1})  # no TTL: must remain
+    storage.update("tmp", lambda c: {"value": {"count": 1}, "ttl_ms": 300})
+    for kind in ("fixed-window", "sliding-window", "token-bucket"):
+        for _ in range(3):
+            rate_limit.consume(limits, {"type": kind, "limit": 2, "period": "300ms", "key": kind})
+    child = fork.Process(
+        target=_hold_short_lock, args=(raw.connection_pool.connection_kwargs["port"],)
+    )
+    child.start()
+    _wait_for(lambda: raw.exists("ttl:crash:lock") == 1)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert all(raw.pttl(k) > 0 for k in raw.keys("ttl:*") if k != b"ttl:kept")
+    time.sleep(0.45)
+    assert raw.keys("ttl:*") == [b"ttl:kept"]
+
+
+def _hold_short_lock(port: int) -> None:
+    storage = create_redis_storage(
+        {"url": f"redis://127.0.0.1:{port}/0"},
+        Counter,
+        {"prefix": "ttl:", "lock_timeout_ms": 300, "lock_ttl_ms": 300},
+    )
+    storage.update("crash", lambda current: time.sleep(3600))
