@@ -369,3 +369,22 @@ def _hold_short_lock(port: int) -> None:
         {"prefix": "ttl:", "lock_timeout_ms": 300, "lock_ttl_ms": 300},
     )
     storage.update("crash", lambda current: time.sleep(3600))
+
+
+@pytest.mark.parametrize("policy,warned", [("volatile-lru", True), ("noeviction", False)])
+def test_eviction_policy_that_can_evict_locks_is_reported(
+    own_redis_server: Callable[..., LocalRedisServer],
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    warned: bool,
+) -> None:
+    server = own_redis_server("--maxmemory-policy", policy)
+    storage = create_redis_storage({"url": server.url}, Counter, {"prefix": "ev:"})
+    with caplog.at_level("WARNING", logger="bantai"):
+        storage.update("c", increment)
+        storage.update("c", increment)  # checked once per adapter
+    messages = [r.getMessage() for r in caplog.records if r.name == "bantai"]
+    assert len(messages) == (1 if warned else 0)
+    if warned:
+        assert "volatile-lru" in messages[0] and "noeviction" in messages[0]
+    storage.close()

@@ -172,12 +172,14 @@ def decide(
         if cost > limit or count + cost > limit:
             return False, max(0, limit - count), reset_at, None, 0
         count += cost
+        # TTL of a whole period, like the original: the key outlives its window by at most
+        # one period, and an injected clock can never make it expire mid-window.
         return (
             True,
             limit - count,
             reset_at,
             {"type": "fixed-window", "count": count},
-            max(1, reset_at - now),
+            period,
         )
     if config.type == "sliding-window":
         stamps = state["timestamps"] if _is(state, "sliding-window") else []

@@ -17,8 +17,9 @@ repeated in a driver.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from redis.exceptions import NoScriptError
@@ -83,6 +84,38 @@ class Context(Generic[T]):
     layout: KeyLayout
     codec: ValueCodec[T]
     options: StorageOptions
+    # One-time checks already done for this adapter (e.g. the eviction policy).
+    done: set[str] = field(default_factory=set)
+
+
+_log = logging.getLogger("bantai")
+_SAFE_POLICIES = (b"noeviction",)
+
+
+def warn_if_locks_evictable(ctx: Context[Any]) -> Operation[None]:
+    """Once per adapter, before its first lock: warn when the server's eviction policy may
+    evict lock keys (they carry a TTL), which would let two holders in at once. A server
+    that refuses CONFIG GET (ACL) is not second-guessed."""
+    if "eviction-policy" in ctx.done:
+        return
+    ctx.done.add("eviction-policy")
+    try:
+        (reply,) = yield RoundTrip(((b"CONFIG", b"GET", b"maxmemory-policy"),))
+    except Exception:
+        return
+    if isinstance(reply, dict):  # RESP3 map
+        policy = next(iter(reply.values()), None)
+    elif isinstance(reply, list) and len(reply) == 2:
+        policy = reply[1]
+    else:
+        return  # an error reply (e.g. NOPERM) or no answer: cannot tell
+    if isinstance(policy, bytes) and policy not in _SAFE_POLICIES:
+        _log.warning(
+            "Redis maxmemory-policy is %s: under memory pressure it may evict bantai lock "
+            "keys (they have a TTL) and let two updates overlap; use noeviction for the "
+            "database that holds locks",
+            policy.decode(errors="replace"),
+        )
 
 
 def evalsha(script: scripts.Script, keys: Sequence[bytes], args: Sequence[Arg]) -> Command:
@@ -300,6 +333,7 @@ def locked_update(
     raw_keys = [encode_key(k) for k in keys]
     value_keys = [ctx.layout.value_key(k) for k in raw_keys]
     lock_keys = [ctx.layout.lock_key(k) for k in raw_keys]
+    yield from warn_if_locks_evictable(ctx)
     token = new_token()
     plans: list[tuple[bytes, bytes, int | str]] = []
     results: list[T | None] = []

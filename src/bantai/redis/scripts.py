@@ -166,8 +166,7 @@ if kind == 'fixed-window' then
     return {1, 0, math.max(0, limit - count), reset}
   end
   count = count + cost
-  redis.call('SET', key, '{"type":"fixed-window","count":' .. int(count) .. '}',
-             'PX', math.max(1, reset - now))
+  redis.call('SET', key, '{"type":"fixed-window","count":' .. int(count) .. '}', 'PX', period)
   return {1, 1, limit - count, reset}
 end
 
