@@ -376,3 +376,37 @@ def test_async_api(kind: str, redis_server: LocalRedisServer) -> None:
         await storage.close()
 
     asyncio.run(main())
+
+
+class DictStorage:
+    """A third-party StorageAdapter (not bantai's): consume goes through its update."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def update(self, key: str, updater: Any) -> Any:
+        result = updater(self.data.get(key))
+        if result is not None:
+            self.data[key] = result["value"]
+        return self.data.get(key)
+
+
+class AsyncDictStorage(DictStorage):
+    async def update(self, key: str, updater: Any) -> Any:  # type: ignore[override]
+        return DictStorage.update(self, key, updater)
+
+
+def test_any_storage_adapter() -> None:
+    config = {"type": "token-bucket", "limit": 2, "period": "1h", "key": "k"}
+    plain = DictStorage()
+    assert [rate_limit.consume(plain, config).allowed for _ in range(3)] == [True, True, False]
+    assert plain.data["k"]["type"] == "token-bucket"
+
+    async def main() -> list[bool]:
+        storage = AsyncDictStorage()
+        return [(await rate_limit.consume_async(storage, config)).allowed for _ in range(3)]
+
+    assert asyncio.run(main()) == [True, True, False]

@@ -9,7 +9,6 @@ equivalent under the key's lease; on any other StorageAdapter it runs through it
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +31,7 @@ from bantai.redis.storage import RedisStorage
 from bantai.storage.inputs import encode_key
 from bantai.storage.memory import AsyncMemoryStorage, MemoryStorage
 from bantai.storage.steps import (
+    CallUpdater,
     Operation,
     Sleep,
     lock_deadline,
@@ -123,27 +123,28 @@ def _updater(config: RateLimitConfig, now: int, cost: int, box: list[RateLimitRe
     return update
 
 
-def _consume_plan(
+def _consume_op(
     storage: Any, config: ConfigLike, cost: int | None, key: str | None, clock: Clock | None
-) -> tuple[Operation[RateLimitResult] | None, Any, list[RateLimitResult], str]:
+) -> Operation[RateLimitResult]:
+    """One operation for every kind of storage, run blocking or on asyncio."""
     cfg = RateLimitConfig.parse(config)
     spend = check_cost(cfg.cost if cost is None else cost)
     full_key = _key(cfg, key)
     if isinstance(storage, (RedisStorage, AsyncRedisStorage)):
-        op = _redis_consume(storage._ctx, cfg, full_key, spend, clock() if clock else 0)
-        return op, None, [], full_key
+        return _redis_consume(storage._ctx, cfg, full_key, spend, clock() if clock else 0)
     now = clock() if clock else wall_clock_ms()
     box: list[RateLimitResult] = []
     updater = _updater(cfg, now, spend, box)
     state_key = _state_key(cfg, full_key, now)
     if isinstance(storage, (MemoryStorage, AsyncMemoryStorage)):
-        return (
-            _boxed(storage._core.update_op([state_key], updater, keyed=False), box),
-            None,
-            box,
-            state_key,
-        )
-    return None, updater, box, state_key
+        inner: Operation[Any] = storage._core.update_op([state_key], updater, keyed=False)
+    else:  # any other StorageAdapter: its own atomic update (awaited when async)
+        inner = _call(storage.update, state_key, updater)
+    return _boxed(inner, box)
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Operation[Any]:
+    return (yield CallUpdater(fn, args))
 
 
 def _boxed(op: Operation[Any], box: list[RateLimitResult]) -> Operation[RateLimitResult]:
@@ -162,11 +163,8 @@ def consume(
     """Atomically check and count one request of `cost` (default: the config's cost)
     against a blocking storage. Never admits more than the limit, however many processes
     share the storage."""
-    op, updater, box, state_key = _consume_plan(storage, config, cost, key, clock)
-    if op is not None:
-        return storage._driver.run(op) if isinstance(storage, RedisStorage) else run_sync(op)
-    storage.update(state_key, updater)
-    return box[-1]
+    io = storage._driver.round_trip if isinstance(storage, RedisStorage) else None
+    return run_sync(_consume_op(storage, config, cost, key, clock), io)
 
 
 async def consume_async(
@@ -178,15 +176,8 @@ async def consume_async(
     clock: Clock | None = None,
 ) -> RateLimitResult:
     """`consume` for asyncio storages."""
-    op, updater, box, state_key = _consume_plan(storage, config, cost, key, clock)
-    if op is not None:
-        if isinstance(storage, AsyncRedisStorage):
-            return await storage._driver.run(op)
-        return await run_async(op)
-    result = storage.update(state_key, updater)
-    if inspect.isawaitable(result):
-        await result
-    return box[-1]
+    io = storage._driver.round_trip if isinstance(storage, AsyncRedisStorage) else None
+    return await run_async(_consume_op(storage, config, cost, key, clock), io)
 
 
 # --- the original's two-step API (kept for compatibility; racy by design) ----------------
