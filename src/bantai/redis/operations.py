@@ -27,7 +27,6 @@ from redis.exceptions import NoScriptError
 from bantai.errors import (
     LockLostError,
     StoredValueError,
-    UnsupportedOperationError,
     UpdateOutcomeUnknownError,
     WrongTypeError,
 )
@@ -37,6 +36,7 @@ from bantai.redis.speedups import new_token
 from bantai.storage.codec import ValueCodec
 from bantai.storage.inputs import (
     Key,
+    appending,
     check_keys,
     encode_key,
     ttl_to_ms,
@@ -426,16 +426,9 @@ def update_many(
 def append(ctx: Context[T], key: Key, item: object) -> Operation[None]:
     """Append one item to a stored list, atomically on the server. For lists with length
     limits (where the whole list must be re-validated) it runs as a locked update."""
-    item_codec = ctx.codec.item_codec
+    item_codec = ctx.codec.append_item_codec()
     if item_codec is None:
-        if not _is_list_schema(ctx.codec.core_schema):
-            raise UnsupportedOperationError(
-                f"append needs a list schema (e.g. list[Item]); this adapter's schema is "
-                f"{ctx.codec.core_schema.get('type')!r}"
-            )
-        yield from locked_update(
-            ctx, (key,), lambda current: {"value": [*(current or ()), item]}, keyed=False
-        )
+        yield from locked_update(ctx, (key,), appending(item), keyed=False)
         return
     raw_key = encode_key(key)
     _, data = item_codec.encode(item, key)
@@ -460,12 +453,6 @@ def append(ctx: Context[T], key: Key, item: object) -> Operation[None]:
         if pause <= 0:
             raise lock_timeout_error(ctx.options, (key,))
         yield Sleep(pause)
-
-
-def _is_list_schema(schema: Mapping[str, Any]) -> bool:
-    if schema.get("type") == "definitions":
-        schema = schema["schema"]
-    return schema.get("type") == "list"
 
 
 __all__ = [

@@ -20,6 +20,7 @@ from bantai.errors import (
     InvalidOptionError,
     InvalidValueError,
     StoredValueError,
+    UnsupportedOperationError,
 )
 from bantai.storage.inputs import Key
 
@@ -87,6 +88,20 @@ class ValueCodec(Generic[T]):
                 key=key,
             )
         return cast(T, validated), data
+
+    def append_item_codec(self) -> ValueCodec[Any] | None:
+        """For `append`: the item codec of a plain list schema; None for a list whose
+        length is constrained (the whole list must then be re-validated, under a lock);
+        `UnsupportedOperationError` for a schema that is not a list."""
+        if self.item_codec is None:
+            schema = self.core_schema
+            inner = schema["schema"] if schema.get("type") == "definitions" else schema
+            if inner.get("type") != "list":
+                raise UnsupportedOperationError(
+                    "append needs a list schema (e.g. list[Item]); this storage's schema is "
+                    f"{schema.get('type')!r}"
+                )
+        return self.item_codec
 
     def _survives_round_trip(self, validated: object, data: bytes) -> bool:
         try:

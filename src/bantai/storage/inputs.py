@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -140,3 +140,12 @@ def unpack_update_result(result: object, key: Key) -> tuple[Any, int | None] | N
         f"{{'value': ..., 'ttl_ms': ...}}; got {type(result).__name__}",
         key=key,
     )
+
+
+def appending(item: object) -> Callable[[Any], dict[str, Any]]:
+    """The updater of an `append` that must re-validate the whole list."""
+
+    def update(current: Any) -> dict[str, Any]:
+        return {"value": [*(current or ()), item]}
+
+    return update

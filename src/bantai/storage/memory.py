@@ -13,13 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
-from bantai.errors import LockLostError, StoredValueError, UnsupportedOperationError
+from bantai.errors import LockLostError, StoredValueError
 from bantai.storage.codec import ValueCodec, codec_for
 from bantai.storage.inputs import (
     TTL,
     Key,
+    appending,
     check_keys,
     encode_key,
     ttl_to_ms,
@@ -210,18 +211,9 @@ class _MemoryCore(Generic[T]):
         return results
 
     def append_op(self, key: Key, item: object) -> Operation[None]:
-        item_codec = self.codec.item_codec
+        item_codec = self.codec.append_item_codec()
         if item_codec is None:
-            schema = self.codec.core_schema
-            inner = schema["schema"] if schema.get("type") == "definitions" else schema
-            if inner.get("type") != "list":
-                raise UnsupportedOperationError(
-                    f"append needs a list schema (e.g. list[Item]); this storage's schema is "
-                    f"{schema.get('type')!r}"
-                )
-            yield from self.update_op(
-                [key], lambda current: {"value": [*cast(Any, current or ()), item]}, keyed=False
-            )
+            yield from self.update_op([key], appending(item), keyed=False)
             return
         skey = self.key(key)
         _, item_data = item_codec.encode(item, key)
