@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from bantai import (
     create_async_memory_storage,
@@ -20,7 +21,12 @@ from bantai import (
     create_memory_storage,
     create_redis_storage,
 )
-from bantai.testing import LocalRedisServer, RedisServerNotFound, find_redis_server
+from bantai.testing import (
+    LocalRedisCluster,
+    LocalRedisServer,
+    RedisServerNotFound,
+    find_redis_server,
+)
 
 _prefix_counter = itertools.count()
 
@@ -38,6 +44,17 @@ def redis_server() -> Iterator[LocalRedisServer]:
         pytest.fail(str(exc), pytrace=False)
     with LocalRedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A local 3-master Redis Cluster for the whole session."""
+    try:
+        find_redis_server()
+    except RedisServerNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with LocalRedisCluster(3) as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -110,7 +127,7 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 def _factory(
-    kind: str, url: str, loop: LoopThread | None = None
+    kind: str, url: str, loop: LoopThread | None = None, cluster: Any = None
 ) -> tuple[StorageFactory, list[Any]]:
     created: list[Any] = []
 
@@ -120,6 +137,11 @@ def _factory(
             storage: Any = create_memory_storage(schema, options)
         elif kind == "redis":
             storage = create_redis_storage({"url": url}, schema, options)
+        elif kind == "cluster":
+            host, port = cluster.startup_nodes[0]
+            client = redis.cluster.RedisCluster(host=host, port=port)
+            storage = create_redis_storage({"client": client}, schema, options)
+            created.append(client)
         else:
             assert loop is not None
             if kind == "async-memory":
@@ -133,24 +155,27 @@ def _factory(
     return make, created
 
 
-@pytest.fixture(params=["memory", "redis", "async-memory", "async-redis"])
+@pytest.fixture(params=["memory", "redis", "async-memory", "async-redis", "cluster"])
 def make_storage(
     request: pytest.FixtureRequest, redis_server: LocalRedisServer, loop_thread: LoopThread
 ) -> Iterator[StorageFactory]:
-    """The conformance suite runs every test against every storage, sync and asyncio."""
-    make, created = _factory(request.param, redis_server.url, loop_thread)
+    """The conformance suite runs every test against every storage: memory and Redis,
+    sync and asyncio, and the sync adapter on a local 3-master Redis Cluster."""
+    cluster = request.getfixturevalue("redis_cluster") if request.param == "cluster" else None
+    make, created = _factory(request.param, redis_server.url, loop_thread, cluster)
     yield make
     for storage in created:
         storage.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_blocking_storage(
     request: pytest.FixtureRequest, redis_server: LocalRedisServer
 ) -> Iterator[StorageFactory]:
     """For tests whose updaters block (sleep, wait on threads, nest calls): they would stall
     an event loop; `test_async.py` has their asyncio counterparts."""
-    make, created = _factory(request.param, redis_server.url)
+    cluster = request.getfixturevalue("redis_cluster") if request.param == "cluster" else None
+    make, created = _factory(request.param, redis_server.url, cluster=cluster)
     yield make
     for storage in created:
         storage.close()

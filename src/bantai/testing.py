@@ -146,3 +146,58 @@ class LocalSentinel(LocalRedisServer):
 
     def _command(self, binary: str) -> list[str]:
         return [binary, self._conf, "--port", str(self.port), *self.extra_args]
+
+
+class LocalRedisCluster:
+    """A local Redis Cluster of `masters` primaries (no replicas), each a `LocalRedisServer`,
+    joined with `redis-cli --cluster create`."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            LocalRedisServer(
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "5000",
+            )
+            for _ in range(masters)
+        ]  # fmt: skip
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [(n.host, n.port) for n in self.nodes]
+
+    def start(self, timeout: float = 30.0) -> LocalRedisCluster:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerNotFound("redis-cli (from the redis-server package) is needed")
+        addresses = [f"{n.host}:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=timeout,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            while b"cluster_state:ok" not in self._ask(node, b"CLUSTER INFO"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the local cluster did not become ready")
+                time.sleep(0.05)
+        return self
+
+    @staticmethod
+    def _ask(node: LocalRedisServer, command: bytes) -> bytes:
+        with socket.create_connection((node.host, node.port), timeout=2) as sock:
+            sock.sendall(command + b"\r\n")
+            time.sleep(0.01)
+            return sock.recv(65536)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> LocalRedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

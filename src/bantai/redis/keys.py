@@ -1,6 +1,6 @@
 """Where things live in Redis. The only module that knows the key layout.
 
-Standalone/Sentinel layout (wire-compatible with the TypeScript original):
+Standalone/Sentinel layout (`KeyLayout`, wire-compatible with the TypeScript original):
   value  = prefix + key
   lock   = prefix + key + ":lock"    (the lock's value is the holder's token)
 """
@@ -8,6 +8,8 @@ Standalone/Sentinel layout (wire-compatible with the TypeScript original):
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from redis.crc import key_slot
 
 from bantai.storage.inputs import LOCK_SUFFIX
 
@@ -30,3 +32,28 @@ class KeyLayout:
         """Indices of `keys` that one command may touch together. On a single server that
         is all of them; a cluster layout groups them by hash slot."""
         return [list(range(len(keys)))] if keys else []
+
+
+class ClusterKeyLayout(KeyLayout):
+    """Redis Cluster layout: the key is a hash tag, so a value, its lock and a limiter's
+    window keys always live in one slot (a script touching them never gets CROSSSLOT):
+
+      value = prefix + "{" + key + "}"
+      lock  = prefix + "{" + key + "}:lock"
+
+    This differs from the standalone layout (and from the TypeScript original, which has
+    no cluster support): a Node service sharing the data must use the same keys."""
+
+    __slots__ = ()
+
+    def value_key(self, key: bytes) -> bytes:
+        return self.prefix + b"{" + key + b"}"
+
+    def lock_key(self, key: bytes) -> bytes:
+        return self.prefix + b"{" + key + b"}" + LOCK_SUFFIX
+
+    def groups(self, keys: Sequence[bytes]) -> list[list[int]]:
+        by_slot: dict[int, list[int]] = {}
+        for index, key in enumerate(keys):
+            by_slot.setdefault(key_slot(key), []).append(index)
+        return list(by_slot.values())

@@ -6,10 +6,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 
 from bantai.errors import InvalidOptionError
 from bantai.redis import operations as ops
-from bantai.redis.keys import KeyLayout
+from bantai.redis.cluster_driver import ClusterDriver
+from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.sync_driver import SyncDriver
 from bantai.storage.codec import codec_for
 from bantai.storage.inputs import TTL, Key
@@ -29,7 +31,7 @@ class RedisStorage(Generic[T]):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         schema: object,
         options: StorageOptions | Mapping[str, Any] | None = None,
         *,
@@ -38,13 +40,17 @@ class RedisStorage(Generic[T]):
         self.options = StorageOptions.coerce(options)
         self._client = client
         self._owns_client = owns_client
-        self._ctx: ops.Context[T] = ops.Context(
-            KeyLayout(self.options.prefix_bytes), codec_for(schema), self.options
-        )
-        self._driver = SyncDriver(client, busy_poll_us=self.options.busy_poll_us)
+        self._driver: SyncDriver | ClusterDriver
+        if isinstance(client, RedisCluster):
+            layout: KeyLayout = ClusterKeyLayout(self.options.prefix_bytes)
+            self._driver = ClusterDriver(client, busy_poll_us=self.options.busy_poll_us)
+        else:
+            layout = KeyLayout(self.options.prefix_bytes)
+            self._driver = SyncDriver(client, busy_poll_us=self.options.busy_poll_us)
+        self._ctx: ops.Context[T] = ops.Context(layout, codec_for(schema), self.options)
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> redis.Redis | RedisCluster:
         """The redis-py client this adapter sends through."""
         return self._client
 
@@ -109,7 +115,7 @@ RedisConnection = Mapping[str, Any]
 
 
 def create_redis_storage(
-    redis_options: RedisConnection | redis.Redis,
+    redis_options: RedisConnection | redis.Redis | RedisCluster,
     schema: object,
     options: StorageOptions | Mapping[str, Any] | None = None,
 ) -> RedisStorage[Any]:
@@ -119,7 +125,7 @@ def create_redis_storage(
     closes it), ``{"client": redis.Redis(...)}`` (yours; a Sentinel `master_for` client
     works too), or a `redis.Redis` directly. `schema` is a pydantic-core CoreSchema, a
     pydantic model, a `TypeAdapter` or a type. See `StorageOptions` for `options`."""
-    client, url = connection_source(redis_options, redis.Redis, asyncio_api=False)
+    client, url = connection_source(redis_options, (redis.Redis, RedisCluster), asyncio_api=False)
     if client is not None:
         return RedisStorage(client, schema, options)
     storage_options = StorageOptions.coerce(options)  # check before opening anything
@@ -127,15 +133,15 @@ def create_redis_storage(
 
 
 def connection_source(
-    redis_options: object, client_type: type, *, asyncio_api: bool
+    redis_options: object, client_type: type | tuple[type, ...], *, asyncio_api: bool
 ) -> tuple[Any, str]:
     """Check the `redis` argument of a factory: `(client, "")` or `(None, url)`."""
     if isinstance(redis_options, client_type):
         return redis_options, ""
     if not isinstance(redis_options, Mapping):
         raise InvalidOptionError(
-            "redis must be a mapping with 'client' or 'url' (or a "
-            f"{client_type.__module__}.Redis client), not {type(redis_options).__name__}"
+            "redis must be a mapping with 'client' or 'url' (or a redis-py client), not "
+            f"{type(redis_options).__name__}"
         )
     unknown = sorted(set(redis_options) - {"client", "url"})
     if unknown:
@@ -156,7 +162,7 @@ def connection_source(
 def _client_type_error(client: object, asyncio_api: bool) -> str:
     name = f"{type(client).__module__}.{type(client).__qualname__}"
     if "cluster" in name.lower():
-        return f"redis client {name}: Redis Cluster clients are not supported yet"
+        return f"redis client {name}: the asyncio adapter does not support Redis Cluster yet"
     if asyncio_api:
         if "asyncio" not in name:
             return f"redis client {name} is not an asyncio client; use create_redis_storage"

@@ -1,0 +1,98 @@
+"""Runs operations against Redis Cluster through redis-py's `RedisCluster` (its slot map,
+nodes and per-node connection pools), one `SyncDriver` per node.
+
+Every command goes to the node that owns its first key's slot; the operations already
+group keys by slot (`ClusterKeyLayout`), so no command crosses slots. A MOVED / ASK /
+TRYAGAIN / CLUSTERDOWN reply means the command did not run: the slot map is refreshed and
+only those commands are resent (a few times at most) — also for commits, which stay
+exactly-once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+
+from bantai.redis.operations import Command, Operation, RoundTrip
+from bantai.redis.sync_driver import SyncDriver
+from bantai.storage.steps import run_sync
+
+R = TypeVar("R")
+
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+_KEYLESS = {b"MULTI", b"EXEC", b"SCRIPT", b"CONFIG"}
+
+
+def first_key(command: Command) -> bytes | None:
+    name = command[0]
+    if name in (b"EVALSHA", b"EVAL"):
+        return command[3] if int(command[2]) > 0 else None  # type: ignore[return-value]
+    if name in _KEYLESS or len(command) < 2:
+        return None
+    return command[1]  # type: ignore[return-value]
+
+
+class ClusterDriver:
+    def __init__(self, client: RedisCluster, *, busy_poll_us: int = 0) -> None:
+        self._client: Any = client
+        self._busy_poll_us = busy_poll_us
+        self._nodes: dict[str, SyncDriver] = {}
+
+    def run(self, op: Operation[R]) -> R:
+        return run_sync(op, self.round_trip)
+
+    def call(self, command: Command) -> Any:
+        return self.round_trip(RoundTrip((command,)))[0]
+
+    def round_trip(self, step: RoundTrip) -> list[Any]:
+        replies: list[Any] = [None] * len(step.commands)
+        pending = list(range(len(step.commands)))
+        for attempt in range(5):
+            for node, indices in self._route(step.commands, pending):
+                sub = RoundTrip([step.commands[i] for i in indices], step.retry_safe)
+                for index, reply in zip(indices, self._driver(node).round_trip(sub), strict=True):
+                    replies[index] = reply
+            pending = [i for i in pending if isinstance(replies[i], _REDIRECTS)]
+            if not pending:
+                break
+            # The slot moved (resharding, failover): none of these ran. Learn the new map.
+            self._client.nodes_manager.initialize()
+            time.sleep(0.05 * attempt)
+        return replies
+
+    def _route(
+        self, commands: Sequence[Command], indices: list[int]
+    ) -> list[tuple[Any, list[int]]]:
+        routes: dict[str, tuple[Any, list[int]]] = {}
+        node: Any = None
+        for position, index in enumerate(indices):
+            key = first_key(commands[index])
+            if key is not None:
+                node = self._client.nodes_manager.get_node_from_slot(key_slot(key))
+            elif commands[index][0] == b"MULTI" and position + 1 < len(indices):
+                # a transaction goes where its first command goes
+                next_key = first_key(commands[indices[position + 1]])
+                if next_key is not None:
+                    node = self._client.nodes_manager.get_node_from_slot(key_slot(next_key))
+            elif node is None or commands[index][0] not in (b"EXEC",):
+                node = self._client.get_default_node()
+            routes.setdefault(node.name, (node, []))[1].append(index)
+        return list(routes.values())
+
+    def _driver(self, node: Any) -> SyncDriver:
+        driver = self._nodes.get(node.name)
+        if driver is None:
+            redis_client = self._client.get_redis_connection(node)
+            driver = self._nodes[node.name] = SyncDriver(
+                redis_client, busy_poll_us=self._busy_poll_us
+            )
+        return driver
+
+    def close(self) -> None:
+        for driver in self._nodes.values():
+            driver.close()
+        self._nodes.clear()
