@@ -112,3 +112,44 @@ def test_asyncio_cluster_is_refused_clearly() -> None:
         create_async_redis_storage(
             {"client": redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=1)}, Counter
         )
+
+
+def _move_slot(cluster: LocalRedisCluster, slot: int, source_port: int, target_port: int) -> None:
+    """Move one slot (and its keys) between masters, as `redis-cli --cluster reshard` does."""
+    source, target = redis.Redis(port=source_port), redis.Redis(port=target_port)
+    source_id = source.execute_command("CLUSTER", "MYID").decode()
+    target_id = target.execute_command("CLUSTER", "MYID").decode()
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    keys = source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    if keys:
+        source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+    for node in cluster.nodes:
+        redis.Redis(port=node.port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    source.close()
+    target.close()
+
+
+def test_moved_slot_is_followed(redis_cluster: LocalRedisCluster) -> None:
+    """After a slot moves to another master, the adapter's stale slot map gets MOVED (the
+    command did not run), refreshes it, and resends only that command."""
+    client = _client(redis_cluster)
+    prefix = unique_prefix()
+    storage = create_redis_storage({"client": client}, Counter, {"prefix": prefix})
+    storage.update("moving", increment)  # the client now caches the slot's owner
+    slot = key_slot(f"{prefix}{{moving}}".encode())
+    owner = client.nodes_manager.get_node_from_slot(slot)
+    target = next(n for n in redis_cluster.nodes if n.port != owner.port)
+    _move_slot(redis_cluster, slot, owner.port, target.port)
+    refreshes = []
+    initialize = client.nodes_manager.initialize
+    client.nodes_manager.initialize = lambda *a, **k: (refreshes.append(1), initialize(*a, **k))
+    try:
+        assert storage.update("moving", increment) == Counter(count=2)
+        assert refreshes  # the stale map really was hit (MOVED) and refreshed
+        assert storage.get("moving") == Counter(count=2)
+        assert redis.Redis(port=target.port).get(f"{prefix}{{moving}}") == b'{"count":2}'
+    finally:
+        _move_slot(redis_cluster, slot, target.port, owner.port)  # leave the cluster as found
+    storage.close()
+    client.close()
