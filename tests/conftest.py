@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio.cluster
 import redis.cluster
 
 from bantai import (
@@ -146,6 +147,13 @@ def _factory(
             assert loop is not None
             if kind == "async-memory":
                 inner: Any = create_async_memory_storage(schema, options)
+            elif kind == "async-cluster":
+                host, port = cluster.startup_nodes[0]
+                inner = create_async_redis_storage(
+                    {"client": redis.asyncio.cluster.RedisCluster(host=host, port=port)},
+                    schema,
+                    options,
+                )
             else:
                 inner = create_async_redis_storage({"url": url}, schema, options)
             storage = BlockingShim(inner, loop)
@@ -155,13 +163,16 @@ def _factory(
     return make, created
 
 
-@pytest.fixture(params=["memory", "redis", "async-memory", "async-redis", "cluster"])
+@pytest.fixture(
+    params=["memory", "redis", "async-memory", "async-redis", "cluster", "async-cluster"]
+)
 def make_storage(
     request: pytest.FixtureRequest, redis_server: LocalRedisServer, loop_thread: LoopThread
 ) -> Iterator[StorageFactory]:
     """The conformance suite runs every test against every storage: memory and Redis,
     sync and asyncio, and the sync adapter on a local 3-master Redis Cluster."""
-    cluster = request.getfixturevalue("redis_cluster") if request.param == "cluster" else None
+    uses_cluster = request.param in ("cluster", "async-cluster")
+    cluster = request.getfixturevalue("redis_cluster") if uses_cluster else None
     make, created = _factory(request.param, redis_server.url, loop_thread, cluster)
     yield make
     for storage in created:

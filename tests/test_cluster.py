@@ -107,11 +107,37 @@ def test_no_lost_updates_on_the_cluster(redis_cluster: LocalRedisCluster) -> Non
     client.close()
 
 
-def test_asyncio_cluster_is_refused_clearly() -> None:
-    with pytest.raises(InvalidOptionError, match="Cluster"):
-        create_async_redis_storage(
-            {"client": redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=1)}, Counter
+def test_asyncio_adapter_on_the_cluster(redis_cluster: LocalRedisCluster) -> None:
+    """One auto-pipelined channel per node; batches and 64 concurrent updaters stay exact."""
+    import asyncio
+
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    async def main() -> None:
+        host, port = redis_cluster.startup_nodes[0]
+        client = AsyncRedisCluster(host=host, port=port)
+        storage = create_async_redis_storage(
+            {"client": client}, Counter, {"prefix": unique_prefix(), "lock_retry_ms": 2}
         )
+        keys = [f"k{i}" for i in range(60)]
+        await storage.set_many({k: {"count": i} for i, k in enumerate(keys)})
+        got = await asyncio.gather(*(storage.get(k) for k in keys))
+        assert got == [Counter(count=i) for i in range(60)]
+        await asyncio.gather(*(storage.update("hot", increment) for _ in range(64)))
+        assert await storage.get("hot") == Counter(count=64)
+        result = await storage.update_many(keys, lambda key, c: increment(c))
+        assert result["k59"] == Counter(count=60)
+        await storage.close()
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_wrong_client_kinds_are_refused(redis_cluster: LocalRedisCluster) -> None:
+    client = _client(redis_cluster)  # a blocking cluster client
+    with pytest.raises(InvalidOptionError, match="not an asyncio client"):
+        create_async_redis_storage({"client": client}, Counter)
+    client.close()
 
 
 def _move_slot(cluster: LocalRedisCluster, slot: int, source_port: int, target_port: int) -> None:

@@ -20,7 +20,7 @@ the commit, the commit has run (or been refused) by the time the lock is release
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio
@@ -108,10 +108,23 @@ class Channel:
 
 
 class AsyncDriver:
-    """Drives operations for an asyncio adapter over one `Channel` per adapter."""
+    """Drives operations for an asyncio adapter over one `Channel` per adapter (or per
+    cluster node). `acquire` / `release` borrow and return the redis-py connection the
+    channel is built on; by default the client's pool."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        self._pool: Any = client.connection_pool
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | None = None,
+        *,
+        acquire: Callable[[], Awaitable[Any]] | None = None,
+        release: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> None:
+        if client is not None:
+            pool: Any = client.connection_pool
+            acquire, release = pool.get_connection, pool.release
+        assert acquire is not None and release is not None
+        self._acquire = acquire
+        self._release = release
         self._channel: Channel | None = None
         self._opening: asyncio.Future[Channel] | None = None
 
@@ -172,7 +185,7 @@ class AsyncDriver:
         self._opening = loop.create_future()
         opening = self._opening
         try:
-            conn = await self._pool.get_connection()
+            conn = await self._acquire()
             channel = Channel(conn, loop)
         except BaseException as exc:
             opening.set_exception(exc)
@@ -203,4 +216,4 @@ class AsyncDriver:
             # "closed" future would never resolve.
             await channel.conn.disconnect(nowait=True)
         finally:
-            await self._pool.release(channel.conn)
+            await self._release(channel.conn)

@@ -6,11 +6,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from bantai.errors import InvalidOptionError
 from bantai.redis import operations as ops
 from bantai.redis.async_driver import AsyncDriver
-from bantai.redis.keys import KeyLayout
+from bantai.redis.cluster_driver import AsyncClusterDriver
+from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.storage import connection_source
 from bantai.storage.codec import codec_for
 from bantai.storage.inputs import TTL, Key
@@ -26,7 +28,7 @@ class AsyncRedisStorage(Generic[T]):
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: redis.asyncio.Redis | AsyncRedisCluster,
         schema: object,
         options: StorageOptions | Mapping[str, Any] | None = None,
         *,
@@ -39,13 +41,18 @@ class AsyncRedisStorage(Generic[T]):
             )
         self._client = client
         self._owns_client = owns_client
-        self._ctx: ops.Context[T] = ops.Context(
-            KeyLayout(self.options.prefix_bytes), codec_for(schema), self.options
-        )
-        self._driver = AsyncDriver(client)
+        self._driver: AsyncDriver | AsyncClusterDriver
+        if isinstance(client, AsyncRedisCluster):
+            # Cluster: one channel per node, the hash-tagged layout (see RedisStorage).
+            layout: KeyLayout = ClusterKeyLayout(self.options.prefix_bytes)
+            self._driver = AsyncClusterDriver(client)
+        else:
+            layout = KeyLayout(self.options.prefix_bytes)
+            self._driver = AsyncDriver(client)
+        self._ctx: ops.Context[T] = ops.Context(layout, codec_for(schema), self.options)
 
     @property
-    def client(self) -> redis.asyncio.Redis:
+    def client(self) -> redis.asyncio.Redis | AsyncRedisCluster:
         return self._client
 
     async def get(self, key: Key) -> T | None:
@@ -98,14 +105,16 @@ class AsyncRedisStorage(Generic[T]):
 
 
 def create_async_redis_storage(
-    redis_options: Mapping[str, Any] | redis.asyncio.Redis,
+    redis_options: Mapping[str, Any] | redis.asyncio.Redis | AsyncRedisCluster,
     schema: object,
     options: StorageOptions | Mapping[str, Any] | None = None,
 ) -> AsyncRedisStorage[Any]:
     """Create the asyncio Redis adapter: ``{"url": ...}``, ``{"client":
     redis.asyncio.Redis(...)}`` or a `redis.asyncio.Redis`; schema and options as for
     `create_redis_storage`."""
-    client, url = connection_source(redis_options, redis.asyncio.Redis, asyncio_api=True)
+    client, url = connection_source(
+        redis_options, (redis.asyncio.Redis, AsyncRedisCluster), asyncio_api=True
+    )
     if client is not None:
         return AsyncRedisStorage(client, schema, options)
     storage_options = StorageOptions.coerce(options)  # check before opening anything

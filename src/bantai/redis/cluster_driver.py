@@ -9,6 +9,7 @@ exactly-once."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -36,6 +37,34 @@ def first_key(command: Command) -> bytes | None:
     return command[1]  # type: ignore[return-value]
 
 
+def redirected(replies: Sequence[Any], indices: list[int]) -> list[int]:
+    """Which commands were redirected (MOVED / ASK / TRYAGAIN / CLUSTERDOWN): they did not
+    run and may be resent once the slot map is refreshed."""
+    return [i for i in indices if isinstance(replies[i], _REDIRECTS)]
+
+
+def route(
+    client: Any, commands: Sequence[Command], indices: list[int]
+) -> list[tuple[Any, list[int]]]:
+    """Group commands by the node that owns their first key's slot (a MULTI goes with the
+    command after it, an EXEC with the one before; key-less commands to the default node).
+    Works with redis-py's sync and asyncio RedisCluster alike."""
+    routes: dict[str, tuple[Any, list[int]]] = {}
+    nodes = client.nodes_manager
+    node: Any = None
+    for position, index in enumerate(indices):
+        name = commands[index][0]
+        key = first_key(commands[index])
+        if key is None and name == b"MULTI" and position + 1 < len(indices):
+            key = first_key(commands[indices[position + 1]])
+        if key is not None:
+            node = nodes.get_node_from_slot(key_slot(key))
+        elif node is None or name != b"EXEC":
+            node = client.get_default_node()
+        routes.setdefault(node.name, (node, []))[1].append(index)
+    return list(routes.values())
+
+
 class ClusterDriver:
     def __init__(self, client: RedisCluster, *, busy_poll_us: int = 0) -> None:
         self._client: Any = client
@@ -52,36 +81,17 @@ class ClusterDriver:
         replies: list[Any] = [None] * len(step.commands)
         pending = list(range(len(step.commands)))
         for attempt in range(5):
-            for node, indices in self._route(step.commands, pending):
+            for node, indices in route(self._client, step.commands, pending):
                 sub = RoundTrip([step.commands[i] for i in indices], step.retry_safe)
                 for index, reply in zip(indices, self._driver(node).round_trip(sub), strict=True):
                     replies[index] = reply
-            pending = [i for i in pending if isinstance(replies[i], _REDIRECTS)]
+            pending = redirected(replies, pending)
             if not pending:
                 break
             # The slot moved (resharding, failover): none of these ran. Learn the new map.
             self._client.nodes_manager.initialize()
             time.sleep(0.05 * attempt)
         return replies
-
-    def _route(
-        self, commands: Sequence[Command], indices: list[int]
-    ) -> list[tuple[Any, list[int]]]:
-        routes: dict[str, tuple[Any, list[int]]] = {}
-        node: Any = None
-        for position, index in enumerate(indices):
-            key = first_key(commands[index])
-            if key is not None:
-                node = self._client.nodes_manager.get_node_from_slot(key_slot(key))
-            elif commands[index][0] == b"MULTI" and position + 1 < len(indices):
-                # a transaction goes where its first command goes
-                next_key = first_key(commands[indices[position + 1]])
-                if next_key is not None:
-                    node = self._client.nodes_manager.get_node_from_slot(key_slot(next_key))
-            elif node is None or commands[index][0] not in (b"EXEC",):
-                node = self._client.get_default_node()
-            routes.setdefault(node.name, (node, []))[1].append(index)
-        return list(routes.values())
 
     def _driver(self, node: Any) -> SyncDriver:
         driver = self._nodes.get(node.name)
@@ -95,4 +105,64 @@ class ClusterDriver:
     def close(self) -> None:
         for driver in self._nodes.values():
             driver.close()
+        self._nodes.clear()
+
+
+class AsyncClusterDriver:
+    """The asyncio twin: one auto-pipelined channel per cluster node, built on a connection
+    borrowed from redis-py's asyncio `ClusterNode`."""
+
+    def __init__(self, client: Any) -> None:
+        from bantai.redis.async_driver import AsyncDriver  # asyncio-only import
+
+        self._client = client
+        self._driver_type = AsyncDriver
+        self._nodes: dict[str, Any] = {}
+        self._ready = False
+
+    async def run(self, op: Operation[R]) -> R:
+        from bantai.storage.steps import run_async
+
+        return await run_async(op, self.round_trip)
+
+    async def call(self, command: Command) -> Any:
+        return (await self.round_trip(RoundTrip((command,))))[0]
+
+    async def round_trip(self, step: RoundTrip) -> list[Any]:
+        if not self._ready:
+            await self._client.initialize()
+            self._ready = True
+        replies: list[Any] = [None] * len(step.commands)
+        pending = list(range(len(step.commands)))
+        for attempt in range(5):
+            for node, indices in route(self._client, step.commands, pending):
+                sub = RoundTrip([step.commands[i] for i in indices], step.retry_safe)
+                got = await self._driver(node).round_trip(sub)
+                for index, reply in zip(indices, got, strict=True):
+                    replies[index] = reply
+            pending = redirected(replies, pending)
+            if not pending:
+                break
+            await self._client.nodes_manager.initialize()
+            await asyncio.sleep(0.05 * attempt)
+        return replies
+
+    def _driver(self, node: Any) -> Any:
+        driver = self._nodes.get(node.name)
+        if driver is None:
+
+            async def acquire() -> Any:
+                conn = node.acquire_connection()
+                await conn.connect()
+                return conn
+
+            async def release(conn: Any) -> None:
+                node.release(conn)
+
+            driver = self._nodes[node.name] = self._driver_type(acquire=acquire, release=release)
+        return driver
+
+    async def close(self) -> None:
+        for driver in self._nodes.values():
+            await driver.close()
         self._nodes.clear()

@@ -161,8 +161,6 @@ def connection_source(
 
 def _client_type_error(client: object, asyncio_api: bool) -> str:
     name = f"{type(client).__module__}.{type(client).__qualname__}"
-    if "cluster" in name.lower():
-        return f"redis client {name}: the asyncio adapter does not support Redis Cluster yet"
     if asyncio_api:
         if "asyncio" not in name:
             return f"redis client {name} is not an asyncio client; use create_redis_storage"
