@@ -77,3 +77,27 @@ def test_updates_survive_a_sentinel_failover(
     assert redis.Redis(port=replica.port).exists("sen:c:lock") == 0
     storage.close()
     client.close()
+
+
+def test_asyncio_adapter_on_a_sentinel_client(
+    sentinel_set: tuple[LocalRedisServer, LocalRedisServer, LocalSentinel],
+) -> None:
+    import asyncio
+
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    from bantai import create_async_redis_storage
+
+    _, _, sentinel = sentinel_set
+
+    async def main() -> None:
+        client = AsyncSentinel([("127.0.0.1", sentinel.port)]).master_for("mymaster")
+        storage = create_async_redis_storage(
+            {"client": client}, Counter, {"prefix": "asen:", "lock_retry_ms": 2}
+        )
+        await asyncio.gather(*(storage.update("c", increment) for _ in range(50)))
+        assert await storage.get("c") == Counter(count=50)
+        await storage.close()
+        await client.aclose()
+
+    asyncio.run(main())
