@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.cluster import RedisCluster
@@ -65,6 +66,42 @@ def route(
     return list(routes.values())
 
 
+@dataclass(frozen=True, slots=True)
+class NodeTrip:
+    """Send `step` to `node` (a step of `cluster_round_trip`)."""
+
+    node: Any
+    step: RoundTrip
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshSlots:
+    """Reload the slot map, then wait `seconds` (a step of `cluster_round_trip`)."""
+
+    seconds: float
+
+
+def cluster_round_trip(
+    client: Any, step: RoundTrip
+) -> Generator[NodeTrip | RefreshSlots, Any, list[Any]]:
+    """One round trip on a cluster, without I/O: a sub-round trip per node, then resend
+    what was redirected (it did not run) after refreshing the slot map, a few times."""
+    replies: list[Any] = [None] * len(step.commands)
+    pending = list(range(len(step.commands)))
+    for attempt in range(5):
+        for node, indices in route(client, step.commands, pending):
+            sub = RoundTrip([step.commands[i] for i in indices], step.retry_safe)
+            got = yield NodeTrip(node, sub)
+            for index, reply in zip(indices, got, strict=True):
+                replies[index] = reply
+        pending = redirected(replies, pending)
+        if not pending:
+            break
+        # The slot moved (resharding, failover): none of these ran. Learn the new map.
+        yield RefreshSlots(0.05 * attempt)
+    return replies
+
+
 class ClusterDriver:
     def __init__(self, client: RedisCluster, *, busy_poll_us: int = 0) -> None:
         self._client: Any = client
@@ -78,20 +115,19 @@ class ClusterDriver:
         return self.round_trip(RoundTrip((command,)))[0]
 
     def round_trip(self, step: RoundTrip) -> list[Any]:
-        replies: list[Any] = [None] * len(step.commands)
-        pending = list(range(len(step.commands)))
-        for attempt in range(5):
-            for node, indices in route(self._client, step.commands, pending):
-                sub = RoundTrip([step.commands[i] for i in indices], step.retry_safe)
-                for index, reply in zip(indices, self._driver(node).round_trip(sub), strict=True):
-                    replies[index] = reply
-            pending = redirected(replies, pending)
-            if not pending:
-                break
-            # The slot moved (resharding, failover): none of these ran. Learn the new map.
-            self._client.nodes_manager.initialize()
-            time.sleep(0.05 * attempt)
-        return replies
+        trip = cluster_round_trip(self._client, step)
+        value: Any = None
+        while True:
+            try:
+                action = trip.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if isinstance(action, NodeTrip):
+                value = self._driver(action.node).round_trip(action.step)
+            else:
+                self._client.nodes_manager.initialize()
+                time.sleep(action.seconds)
+                value = None
 
     def _driver(self, node: Any) -> SyncDriver:
         driver = self._nodes.get(node.name)
@@ -132,20 +168,19 @@ class AsyncClusterDriver:
         if not self._ready:
             await self._client.initialize()
             self._ready = True
-        replies: list[Any] = [None] * len(step.commands)
-        pending = list(range(len(step.commands)))
-        for attempt in range(5):
-            for node, indices in route(self._client, step.commands, pending):
-                sub = RoundTrip([step.commands[i] for i in indices], step.retry_safe)
-                got = await self._driver(node).round_trip(sub)
-                for index, reply in zip(indices, got, strict=True):
-                    replies[index] = reply
-            pending = redirected(replies, pending)
-            if not pending:
-                break
-            await self._client.nodes_manager.initialize()
-            await asyncio.sleep(0.05 * attempt)
-        return replies
+        trip = cluster_round_trip(self._client, step)
+        value: Any = None
+        while True:
+            try:
+                action = trip.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if isinstance(action, NodeTrip):
+                value = await self._driver(action.node).round_trip(action.step)
+            else:
+                await self._client.nodes_manager.initialize()
+                await asyncio.sleep(action.seconds)
+                value = None
 
     def _driver(self, node: Any) -> Any:
         driver = self._nodes.get(node.name)
