@@ -27,6 +27,7 @@ def test_demo_runs(server: str) -> None:
     assert "count = 400 (expected 400)" in out
     assert "Failed to acquire lock" in out
     assert "300 ms later: None" in out
+    assert "admitted 5 of 50" in out
     if server == "memory-fallback":
         assert "falling back to the in-memory storage" in out
     else:

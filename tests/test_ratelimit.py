@@ -410,3 +410,22 @@ def test_any_storage_adapter() -> None:
         return [(await rate_limit.consume_async(storage, config)).allowed for _ in range(3)]
 
     assert asyncio.run(main()) == [True, True, False]
+
+
+@pytest.mark.parametrize("kind", ["fixed-window", "token-bucket", "sliding-window"])
+def test_100_threads_against_a_limit_of_5(limiter_storage: Any, kind: str) -> None:
+    """RELIABILITY: 100 threads at once against a limit of 5 -> exactly 5 admitted."""
+    config = {"type": kind, "limit": 5, "period": "1h", "key": f"burst-{kind}"}
+    start = threading.Barrier(100)
+    admitted: list[bool] = []
+
+    def request() -> None:
+        start.wait()
+        admitted.append(rate_limit.consume(limiter_storage, config).allowed)
+
+    threads = [threading.Thread(target=request) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(admitted) == 100 and sum(admitted) == 5

@@ -19,6 +19,8 @@ from bantai import (
     LockTimeoutError,
     create_memory_storage,
     create_redis_storage,
+    rate_limit,
+    rate_limit_schema,
 )
 from bantai.testing import LocalRedisServer, RedisServerNotFound
 
@@ -60,6 +62,14 @@ def open_storages(stack: ExitStack) -> tuple[Any, Any, str]:
     stack.callback(users.close)
     stack.callback(counters.close)
     return users, counters, url
+
+
+def open_limiter(stack: ExitStack, where: str) -> Any:
+    if where == "memory":
+        return create_memory_storage(rate_limit_schema, {"prefix": "demo:rl:"})
+    limits = create_redis_storage({"url": where}, rate_limit_schema, {"prefix": "demo:rl:"})
+    stack.callback(limits.close)
+    return limits
 
 
 def main() -> None:
@@ -117,6 +127,24 @@ def main() -> None:
             say(f"{type(exc).__name__} after {time.monotonic() - started:.2f} s: {exc}")
         holder.join()
         say(f"the holder committed: count = {counters.get('hits').count}")
+
+        print("\n5. rate limiting: 50 threads at once against 5 requests per minute")
+        limits = open_limiter(stack, where)
+        config = {"type": "token-bucket", "limit": 5, "period": "1m", "key": "demo:user:1"}
+        limits.delete("demo:user:1")  # a fresh bucket, also on a long-lived $REDIS_URL
+        start = threading.Barrier(50)
+        admitted: list[bool] = []
+
+        def request() -> None:
+            start.wait()
+            admitted.append(rate_limit.consume(limits, config).allowed)
+
+        burst = [threading.Thread(target=request) for _ in range(50)]
+        for t in burst:
+            t.start()
+        for t in burst:
+            t.join()
+        say(f"admitted {sum(admitted)} of {len(admitted)} (expected 5: one atomic consume each)")
         print("\ndone.")
 
 
