@@ -15,6 +15,7 @@ from pydantic_core import core_schema as cs
 from bantai import (
     InvalidKeyError,
     InvalidTTLError,
+    InvalidUpdaterError,
     InvalidValueError,
     LockLostError,
     LockTimeoutError,
@@ -288,6 +289,44 @@ def test_batches_refuse_duplicates(make_storage: Any) -> None:
         storage.update_many(["a", "a"], lambda k, c: None)
     with pytest.raises(InvalidKeyError, match="iterable"):
         storage.get_many("abc")
+
+
+def test_duplicate_keys_in_different_spellings_are_one_key(make_storage: Any) -> None:
+    """`"x"` and `b"x"` are the same stored key: two updates of it in one batch would both be
+    acknowledged while only one lands. Refused before anything is sent."""
+    storage = make_storage(Counter)
+    storage.set("x", {"count": 1})
+    with pytest.raises(InvalidKeyError, match="more than once"):
+        storage.update_many(["x", b"x"], lambda k, c: increment(c))
+    with pytest.raises(InvalidKeyError, match="more than once"):
+        storage.set_many([("é", {"count": 5}), ("é".encode(), {"count": 6})])
+    assert storage.get("x") == Counter(count=1)
+    assert storage.get("é") is None
+
+
+def test_updater_mistakes_are_typed_errors_before_any_lock(make_storage: Any) -> None:
+    storage = make_storage(Counter, lock_timeout_ms=2000, lock_ttl_ms=10000)
+    storage.set("c", {"count": 1})
+    for bad in (None, 42, "not callable"):
+        with pytest.raises(InvalidUpdaterError, match="callable"):
+            storage.update("c", bad)
+        with pytest.raises(InvalidUpdaterError, match="callable"):
+            storage.update_many(["c"], bad)
+    # A mapping whose keys do not sort together is still a clear InvalidValueError.
+    with pytest.raises(InvalidValueError, match="must return None"):
+        storage.update("c", lambda current: {1: "a", "b": 2})
+    started = time.monotonic()
+    assert storage.update("c", increment) == Counter(count=2)  # no lock was left behind
+    assert time.monotonic() - started < 0.5
+
+
+def test_unserialisable_value_is_invalid_value(make_storage: Any) -> None:
+    storage = make_storage(cs.any_schema())
+    with pytest.raises(InvalidValueError, match="serialis"):
+        storage.set("k", {"when": object()})
+    with pytest.raises(InvalidValueError, match="serialis"):
+        storage.update("k", lambda current: {"value": {"x": object()}})
+    assert storage.get("k") is None
 
 
 def test_update_many_failure_releases_all(make_storage: Any) -> None:

@@ -145,6 +145,10 @@ def test_definition_errors() -> None:
         {"type": "sliding-window", "limit": 5, "period": "1m", "cost": -1},
         {"type": "leaky-bucket", "limit": 5, "period": "1m"},
         {"type": "fixed-window", "limit": 5, "period": "1m", "burst": 2},
+        {"type": "fixed-window", "limit": 2**64, "period": "1m"},
+        {"type": "token-bucket", "limit": 2**53, "period": "1m"},
+        {"type": "fixed-window", "limit": 5, "period": "1m", "cost": 2**64},
+        {"type": "fixed-window", "limit": 5, "period": "10000000 years"},
     ):
         with pytest.raises(InvalidOptionError):
             define_rate_limit_rule(context, "r", lambda d, c: allow(), config=bad)

@@ -68,6 +68,9 @@ def test_factory_errors(source: Any, message: str) -> None:
         ({"busy_poll_us": -1}, "busy_poll_us"),
         ({"busy_poll_us": 20_000}, "busy_poll_us"),
         ({"busy_poll_us": 1.5}, "busy_poll_us"),
+        ({"lock_ttl_ms": 10**30}, "lock_ttl_ms"),
+        ({"lock_timeout_ms": 10**30, "lock_ttl_ms": 10**30}, "lock_timeout_ms"),
+        ({"lock_retry_ms": 10**9}, "lock_retry_ms"),
         ({"lockTimeoutMs": 10}, "unknown option"),
     ],
 )

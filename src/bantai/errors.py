@@ -41,6 +41,10 @@ class InvalidValueError(InvalidInputError):
         self.key = key
 
 
+class InvalidUpdaterError(InvalidInputError, TypeError):
+    """The updater passed to `update` / `update_many` is not callable."""
+
+
 class StorageError(BantaiError):
     """A storage operation failed."""
 
@@ -96,6 +100,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidOptionError",
     "InvalidTTLError",
+    "InvalidUpdaterError",
     "InvalidValueError",
     "LockError",
     "LockLostError",

@@ -67,6 +67,11 @@ state_validator = SchemaValidator(storage_schema)
 
 # --- configuration ---------------------------------------------------------------------------
 
+# Limits and costs are counted in Lua doubles (exact up to 2**53) and read by JavaScript
+# (Number.MAX_SAFE_INTEGER): a larger limit would compute a wrong, even negative,
+# `remaining`.
+MAX_COUNT = 2**53 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimitConfig:
@@ -100,8 +105,10 @@ class RateLimitConfig:
     def create(
         cls, kind: Algorithm, limit: object, period: object, cost: object = 1, key: object = None
     ) -> RateLimitConfig:
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise InvalidOptionError(f"rate limit 'limit' must be an int >= 1, not {limit!r}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_COUNT:
+            raise InvalidOptionError(
+                f"rate limit 'limit' must be an int from 1 to {MAX_COUNT}, not {limit!r}"
+            )
         spend = check_cost(cost)
         if key is not None and not isinstance(key, str):
             raise InvalidOptionError(f"rate limit 'key' must be a str, not {key!r}")
@@ -109,8 +116,10 @@ class RateLimitConfig:
 
 
 def check_cost(cost: object) -> int:
-    if not isinstance(cost, int) or isinstance(cost, bool) or cost < 1:
-        raise InvalidOptionError(f"rate limit 'cost' must be an int >= 1, not {cost!r}")
+    if not isinstance(cost, int) or isinstance(cost, bool) or not 1 <= cost <= MAX_COUNT:
+        raise InvalidOptionError(
+            f"rate limit 'cost' must be an int from 1 to {MAX_COUNT}, not {cost!r}"
+        )
     return cost
 
 

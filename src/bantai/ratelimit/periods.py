@@ -9,6 +9,7 @@ import re
 from datetime import timedelta
 
 from bantai.errors import InvalidOptionError
+from bantai.storage.inputs import MAX_TTL_MS
 
 _UNITS = {
     "ms": 1, "msec": 1, "msecs": 1, "millisecond": 1, "milliseconds": 1,
@@ -49,4 +50,6 @@ def _parse_text(period: str, name: str) -> int:
 def _whole_ms(ms: float, period: object, name: str) -> int:
     if not math.isfinite(ms) or round(ms) < 1:
         raise InvalidOptionError(f"{name} {period!r} must be at least 1 ms")
+    if ms > MAX_TTL_MS:  # the window's keys are written with PX <period>
+        raise InvalidOptionError(f"{name} {period!r} is longer than {MAX_TTL_MS} ms")
     return round(ms)

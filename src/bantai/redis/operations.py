@@ -38,6 +38,7 @@ from bantai.storage.inputs import (
     Key,
     appending,
     check_keys,
+    check_updater,
     encode_key,
     ttl_to_ms,
     unpack_update_result,
@@ -330,6 +331,7 @@ def locked_update(
     of a group atomically in one script that checks the locks still hold our token.
 
     Returns the new values (the current value where the updater wrote nothing)."""
+    check_updater(updater)
     raw_keys = [encode_key(k) for k in keys]
     value_keys = [ctx.layout.value_key(k) for k in raw_keys]
     lock_keys = [ctx.layout.lock_key(k) for k in raw_keys]

@@ -13,7 +13,12 @@ import json
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar, cast
 
-from pydantic_core import SchemaSerializer, SchemaValidator, ValidationError
+from pydantic_core import (
+    PydanticSerializationError,
+    SchemaSerializer,
+    SchemaValidator,
+    ValidationError,
+)
 from pydantic_core import core_schema as cs
 
 from bantai.errors import (
@@ -72,7 +77,13 @@ class ValueCodec(Generic[T]):
             raise InvalidValueError(
                 f"value for key {key!r} does not match the schema: {_describe(exc)}", key=key
             ) from None
-        data: bytes = self._serializer.to_json(validated, by_alias=True)
+        try:
+            data: bytes = self._serializer.to_json(validated, by_alias=True)
+        except PydanticSerializationError as exc:
+            # e.g. an `any` field holding an object JSON has no form for
+            raise InvalidValueError(
+                f"value for key {key!r} cannot be serialised as JSON: {exc}", key=key
+            ) from None
         if _NON_FINITE_MARKERS[0] in data or _NON_FINITE_MARKERS[1] in data:
             try:
                 json.loads(data, parse_constant=_reject_constant)

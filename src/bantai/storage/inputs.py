@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from bantai.errors import (
     InvalidKeyError,
     InvalidTTLError,
+    InvalidUpdaterError,
     InvalidValueError,
     UnsupportedOperationError,
 )
@@ -58,18 +59,23 @@ def encode_key(key: object) -> bytes:
 
 
 def check_keys(keys: Iterable[Key], *, unique: bool) -> list[Key]:
-    """Materialise a batch's keys, checking each; with `unique`, refuse duplicates."""
+    """Materialise a batch's keys, checking each; with `unique`, refuse duplicates.
+
+    Duplicates are found on the encoded bytes: ``"x"`` and ``b"x"`` (or two spellings that
+    encode alike) are the same Redis key, and two updates of one key in one batch would
+    both be acknowledged while only one lands."""
     if isinstance(keys, (str, bytes)):
         raise InvalidKeyError("pass an iterable of keys, not a single key")
     out = list(keys)
-    for key in out:
-        encode_key(key)
-    if unique and len(set(out)) != len(out):
-        seen: set[Key] = set()
-        for key in out:
-            if key in seen:
-                raise InvalidKeyError(f"key {key!r} appears more than once in the batch")
-            seen.add(key)
+    encoded = [encode_key(key) for key in out]
+    if unique and len(set(encoded)) != len(encoded):
+        seen: dict[bytes, Key] = {}
+        for key, raw in zip(out, encoded, strict=True):
+            if raw in seen:
+                first = seen[raw]
+                spelled = "" if first == key else f" (also given as {first!r})"
+                raise InvalidKeyError(f"key {key!r} appears more than once in the batch{spelled}")
+            seen[raw] = key
     return out
 
 
@@ -129,9 +135,11 @@ def unpack_update_result(result: object, key: Key) -> tuple[Any, int | None] | N
         return result.value, ttl_to_ms(result.ttl_ms)
     if isinstance(result, Mapping):
         if "value" not in result or not _RESULT_KEYS.issuperset(result):
+            # repr() each key: a mapping may mix key types that do not sort together.
+            shown = sorted(repr(k) for k in result)
             raise InvalidValueError(
                 f"updater for key {key!r} must return None, UpdateResult(value, ttl_ms) or "
-                f"a mapping with 'value' and optional 'ttl_ms'; got keys {sorted(result)!r}",
+                f"a mapping with 'value' and optional 'ttl_ms'; got keys [{', '.join(shown)}]",
                 key=key,
             )
         return result["value"], ttl_to_ms(result.get("ttl_ms"))
@@ -140,6 +148,14 @@ def unpack_update_result(result: object, key: Key) -> tuple[Any, int | None] | N
         f"{{'value': ..., 'ttl_ms': ...}}; got {type(result).__name__}",
         key=key,
     )
+
+
+def check_updater(updater: object) -> None:
+    """Refuse a non-callable updater before any lock is taken."""
+    if not callable(updater):
+        raise InvalidUpdaterError(
+            f"updater must be a callable taking the current value, not {type(updater).__name__}"
+        )
 
 
 def appending(item: object) -> Callable[[Any], dict[str, Any]]:

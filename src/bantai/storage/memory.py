@@ -22,6 +22,7 @@ from bantai.storage.inputs import (
     Key,
     appending,
     check_keys,
+    check_updater,
     encode_key,
     ttl_to_ms,
     unpack_update_result,
@@ -168,6 +169,7 @@ class _MemoryCore(Generic[T]):
     def update_op(
         self, keys: list[Key], updater: Callable[..., Any], *, keyed: bool
     ) -> Operation[list[T | None]]:
+        check_updater(updater)
         skeys = [self.key(k) for k in keys]
         owner = object()  # a token per call, never per thread
         raws = yield from self._take_leases(keys, skeys, owner)

@@ -7,13 +7,21 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from bantai.errors import InvalidOptionError
+from bantai.storage.inputs import MAX_TTL_MS
+
+# A pause between lock attempts longer than this is a mistake, not a tuning choice.
+MAX_LOCK_RETRY_MS = 60_000
 
 
-def _check_ms(name: str, value: object, *, minimum: int) -> None:
+def _check_ms(name: str, value: object, *, minimum: int, maximum: int = MAX_TTL_MS) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidOptionError(f"{name} must be an int (milliseconds), not {value!r}")
     if value < minimum:
         raise InvalidOptionError(f"{name} must be >= {minimum} ms, got {value}")
+    # Every bound keeps the value inside what Redis (PX, signed 64-bit ms) and Lua (doubles,
+    # exact to 2**53) compute exactly, so nothing accepted here can fail on the server.
+    if value > maximum:
+        raise InvalidOptionError(f"{name} must be <= {maximum} ms, got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +58,7 @@ class StorageOptions:
                 raise InvalidOptionError(f"prefix {self.prefix!r} is not valid Unicode") from None
         _check_ms("lock_timeout_ms", self.lock_timeout_ms, minimum=0)
         _check_ms("lock_ttl_ms", self.lock_ttl_ms, minimum=1)
-        _check_ms("lock_retry_ms", self.lock_retry_ms, minimum=1)
+        _check_ms("lock_retry_ms", self.lock_retry_ms, minimum=1, maximum=MAX_LOCK_RETRY_MS)
         if (
             not isinstance(self.busy_poll_us, int)
             or isinstance(self.busy_poll_us, bool)
