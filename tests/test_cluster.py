@@ -158,7 +158,7 @@ def _move_slot(cluster: LocalRedisCluster, slot: int, source_port: int, target_p
 
 def test_moved_slot_is_followed(redis_cluster: LocalRedisCluster) -> None:
     """After a slot moves to another master, the adapter's stale slot map gets MOVED (the
-    command did not run), refreshes it, and resends only that command."""
+    command did not run), records the new owner, and resends only that command."""
     client = _client(redis_cluster)
     prefix = unique_prefix()
     storage = create_redis_storage({"client": client}, Counter, {"prefix": prefix})
@@ -167,12 +167,12 @@ def test_moved_slot_is_followed(redis_cluster: LocalRedisCluster) -> None:
     owner = client.nodes_manager.get_node_from_slot(slot)
     target = next(n for n in redis_cluster.nodes if n.port != owner.port)
     _move_slot(redis_cluster, slot, owner.port, target.port)
-    refreshes = []
-    initialize = client.nodes_manager.initialize
-    client.nodes_manager.initialize = lambda *a, **k: (refreshes.append(1), initialize(*a, **k))
+    moves = []
+    move_slot = client.nodes_manager.move_slot
+    client.nodes_manager.move_slot = lambda e: (moves.append(e.slot_id), move_slot(e))
     try:
         assert storage.update("moving", increment) == Counter(count=2)
-        assert refreshes  # the stale map really was hit (MOVED) and refreshed
+        assert moves and set(moves) == {slot}  # the stale map really was hit (MOVED)
         assert storage.get("moving") == Counter(count=2)
         assert redis.Redis(port=target.port).get(f"{prefix}{{moving}}") == b'{"count":2}'
     finally:

@@ -49,6 +49,10 @@ class StorageError(BantaiError):
     """A storage operation failed."""
 
 
+class StorageClosedError(StorageError):
+    """The storage was closed; create a new one."""
+
+
 class StoredValueError(StorageError):
     """The value stored under `key` is not JSON, does not validate against the schema, or is
     not a string at all (`WrongTypeError`). It is never unpickled or silently dropped."""
@@ -84,14 +88,21 @@ class LockLostError(LockError):
     `lock_ttl_ms` and another client took it). Nothing was written."""
 
 
-class UpdateOutcomeUnknownError(StorageError):
-    """The commit was sent but its reply was lost (timeout, disconnect, cancellation).
-    The write may or may not have happened; it was not retried and the updater was not
-    re-run. Read the key to find out."""
+class WriteOutcomeUnknownError(StorageError):
+    """A write (`set`, `delete`, a batch, `append`, a rate-limit `consume`, an update's
+    commit) may have reached the server, but its reply was lost (connection lost, timeout).
+    It may or may not have happened, and it was NOT resent: a resent write could overwrite
+    another client's acknowledged write. `keys` are the keys concerned; `__cause__` is the
+    connection error. Read the keys to find out."""
 
     def __init__(self, message: str, *, keys: Sequence[str | bytes]) -> None:
         super().__init__(message)
         self.keys = tuple(keys)
+
+
+class UpdateOutcomeUnknownError(WriteOutcomeUnknownError):
+    """The commit of an `update` / `update_many` / `append` was sent but its reply was
+    lost. The updater was not re-run and the commit was not resent."""
 
 
 __all__ = [
@@ -108,6 +119,8 @@ __all__ = [
     "StorageError",
     "StoredValueError",
     "UnsupportedOperationError",
+    "StorageClosedError",
     "UpdateOutcomeUnknownError",
+    "WriteOutcomeUnknownError",
     "WrongTypeError",
 ]

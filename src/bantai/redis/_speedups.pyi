@@ -8,6 +8,7 @@ class Wire:
     conn: Any
     reader: Any
     errors: int
+    sent: bool
     def __init__(self, conn: Any) -> None: ...
     def exchange(self, commands: Sequence[Sequence[object]], spin_us: int = 0) -> list[Any]: ...
 

@@ -176,16 +176,20 @@ cdef class Wire:
     cdef public object conn
     cdef public object reader
     cdef public Py_ssize_t errors
+    cdef public bint sent
     cdef bytearray _buffer
 
     def __init__(self, conn):
         self.conn = conn
         self.reader = _Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
         self.errors = 0
+        self.sent = False
         self._buffer = bytearray(_READ_SIZE)
 
     def exchange(self, commands, long spin_us=0):
         cdef bytes payload = pack_commands(commands)
+        cdef double timeout_ms_f
+        self.sent = False
         conn = self.conn
         sock = conn._sock
         if sock is None:
@@ -204,9 +208,13 @@ cdef class Wire:
                 fd = sock.fileno()
                 timeout = sock.gettimeout()
                 if timeout is not None:
-                    timeout_ms = max(0, <int>(timeout * 1000 + 0.999))
+                    # poll() takes an int of ms: beyond ~24.8 days, wait without a limit
+                    # (what the pure twin's socket does with such a timeout, in effect).
+                    timeout_ms_f = timeout * 1000.0 + 0.999
+                    timeout_ms = -1 if timeout_ms_f >= 2147483647.0 else max(0, <int>timeout_ms_f)
                 self._send_all(fd, payload, timeout_ms)
             else:
+                self.sent = True  # a TLS socket's sendall cannot say how far it got
                 sock.sendall(payload)
             if spin_us > 0:
                 fd = sock.fileno()
@@ -251,6 +259,8 @@ cdef class Wire:
                 n = send(fd, p, left, MSG_NOSIGNAL)
                 err = errno
             if n >= 0:
+                if n > 0:
+                    self.sent = True
                 p += n
                 left -= n
             elif err == EINTR:

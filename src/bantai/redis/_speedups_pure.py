@@ -70,6 +70,8 @@ class Wire:
     reads past them; RESP3 push messages are skipped. A socket failure disconnects the
     connection and raises redis-py's `ConnectionError` / `TimeoutError`; any other
     interruption disconnects it too (its replies are unread). Discard the wire then.
+    `sent` says whether any byte of the last exchange was accepted by the socket: when it
+    is False after a failure, the commands never left this client.
 
     With `spin_us > 0` the first read busy-polls the socket (non-blocking) for up to that
     many microseconds before blocking: the reply usually arrives before the thread would
@@ -77,15 +79,17 @@ class Wire:
     idle machine) at the price of that much CPU.
     """
 
-    __slots__ = ("conn", "errors", "reader")
+    __slots__ = ("conn", "errors", "reader", "sent")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.reader = hiredis.Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
         self.errors = 0
+        self.sent = False
 
     def exchange(self, commands: Sequence[Sequence[object]], spin_us: int = 0) -> list[Any]:
         payload = pack_commands(commands)
+        self.sent = False
         conn = self.conn
         sock = conn._sock
         if sock is None:
@@ -96,7 +100,15 @@ class Wire:
         remaining = len(commands)
         errors = 0
         try:
-            sock.sendall(payload)
+            if type(sock) is socket.socket:
+                view = memoryview(payload)
+                while view:
+                    n = sock.send(view)
+                    self.sent = self.sent or n > 0
+                    view = view[n:]
+            else:
+                self.sent = True  # a TLS socket's sendall cannot say how far it got
+                sock.sendall(payload)
             if spin_us > 0:
                 _spin_until_readable(sock, spin_us)
             while remaining:

@@ -1,4 +1,5 @@
-"""Runs operations (see `operations`) on asyncio over ONE auto-pipelined connection.
+"""Runs operations (see `operations`) on asyncio over ONE auto-pipelined connection per
+server (per node on a cluster).
 
 Every task that shares an adapter writes its commands onto the same connection: commands
 queued during one event-loop iteration go out in a single write, and the `Multiplexer`
@@ -8,37 +9,54 @@ writes instead of a pool of sockets each doing one round trip.
 
 The connection is set up by redis-py (auth, TLS, db selection, client name, Sentinel
 discovery): the adapter borrows one connection from the client's pool, then takes over
-its transport with its own protocol. If the connection drops, every pending waiter gets
-redis-py's `ConnectionError` and the next call opens a new one.
+its transport with its own protocol. What to do when an exchange does not simply succeed
+is the round-trip policy's call (`round_trip`); this module only moves bytes.
+
+Deadlines: a channel honours its connection's `socket_timeout` the way a socket does.
+When something is pending and no byte has arrived for that long, the channel is dropped:
+every waiter gets redis-py's `TimeoutError` (a write: outcome unknown) and the next call
+opens a new connection. One timer per channel, not per call.
 
 Cancellation never desynchronises the connection: a cancelled waiter's replies are still
-read (and dropped). An operation cancelled mid-flight gets the CancelledError thrown in,
-so `update` releases its lock; because the release goes out on the same connection after
-the commit, the commit has run (or been refused) by the time the lock is released.
+read (and dropped). An operation cancelled mid-flight gets the CancelledError thrown in;
+`update` then queues its lock release on the same connection without waiting for it (a
+`background` round trip), so the commit has run (or been refused) by the time the lock
+is released, and the cancelled caller is not held up by a slow or frozen server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bantai.errors import StorageError
-from bantai.redis.operations import (
+from bantai.errors import StorageClosedError, StorageError
+from bantai.redis._compat import async_transport
+from bantai.redis.cluster_router import ClusterRouter
+from bantai.redis.round_trip import (
+    ONE_SERVER,
+    Action,
     Command,
-    Operation,
+    Exchange,
+    NotSent,
+    Reconnect,
+    RefreshSlots,
     ReplyLost,
     RoundTrip,
-    merge_resend,
-    noscript_resend,
+    Router,
+    SlotMoved,
+    answered,
+    not_sent,
+    round_trip,
 )
 from bantai.redis.speedups import Multiplexer, pack_commands
-from bantai.storage.steps import run_async
+from bantai.storage.steps import Operation, run_async
 
 R = TypeVar("R")
 
@@ -50,10 +68,12 @@ class _MuxProtocol(asyncio.Protocol):
         self.channel = channel
 
     def data_received(self, data: bytes) -> None:
+        channel = self.channel
+        channel.progress_at = channel.loop.time()
         try:
-            self.channel.mux.feed(data)
+            channel.mux.feed(data)
         except Exception as exc:  # a protocol error: the stream cannot be trusted
-            self.channel.broken(RedisConnectionError(f"protocol error: {exc!r}"))
+            channel.broken(RedisConnectionError(f"protocol error: {exc!r}"))
 
     def eof_received(self) -> bool:
         self.channel.broken(RedisConnectionError("Connection closed by server."))
@@ -71,23 +91,37 @@ class Channel:
         self.loop = loop
         self.mux = Multiplexer()
         self.closed: BaseException | None = None
+        timeout = getattr(conn, "socket_timeout", None)
+        self.timeout: float | None = float(timeout) if timeout else None
+        # When the channel last made progress (a byte arrived, or it went from idle to
+        # busy): the deadline runs from there, like a socket timeout.
+        self.progress_at = loop.time()
+        self.queued = 0  # sends so far
+        self.flushed = 0  # sends handed to the transport (the rest never left)
+        self._watchdog: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self.transport: asyncio.Transport = conn._writer.transport
+        self.transport: asyncio.Transport = async_transport(conn)
         # Take the socket over from redis-py's stream reader (nothing is pending on a
         # freshly handed-out connection).
         self.transport.set_protocol(_MuxProtocol(self))
 
     def send(self, commands: Sequence[Command]) -> asyncio.Future[tuple[list[Any], int]]:
         if self.closed is not None:
-            raise RedisConnectionError(f"connection closed: {self.closed}")
+            raise not_sent(RedisConnectionError(f"connection closed: {self.closed}"), resend=True)
+        mux = self.mux
+        if not mux.pending:
+            self.progress_at = self.loop.time()
         waiter: asyncio.Future[tuple[list[Any], int]] = self.loop.create_future()
-        self.mux.expect(waiter, len(commands))
+        mux.expect(waiter, len(commands))
         self._out.append(pack_commands(commands))
+        self.queued += 1
         if not self._flush_scheduled:
             # Auto-pipelining: everything queued in this loop iteration goes in one write.
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
+        if self._watchdog is None and self.timeout is not None:
+            self._watchdog = self.loop.call_at(self.progress_at + self.timeout, self._check)
         return waiter
 
     def _flush(self) -> None:
@@ -95,125 +129,246 @@ class Channel:
         if self._out and self.closed is None:
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out.clear()
+            self.flushed = self.queued
             self.transport.write(data)
+
+    def _check(self) -> None:
+        """The deadline timer: drop the channel when something has been pending without a
+        byte arriving for `timeout` seconds; otherwise look again when it could expire."""
+        self._watchdog = None
+        if self.closed is not None or not self.mux.pending:
+            return
+        assert self.timeout is not None
+        expires = self.progress_at + self.timeout
+        if self.loop.time() >= expires - 0.001:
+            self.broken(
+                RedisTimeoutError(f"Timeout reading from {_where(self.conn)} ({self.timeout:g} s)")
+            )
+        else:
+            self._watchdog = self.loop.call_at(expires, self._check)
+
+    def sent(self, sequence: int) -> bool:
+        """Whether the send numbered `sequence` (`queued` before it) reached the transport."""
+        return sequence < self.flushed
 
     def broken(self, exc: BaseException) -> None:
         if self.closed is None:
             self.closed = exc
             self.transport.close()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
         self.mux.fail(exc)
 
     def close(self) -> None:
         self.broken(RedisConnectionError("adapter closed"))
 
 
-class AsyncDriver:
-    """Drives operations for an asyncio adapter over one `Channel` per adapter (or per
-    cluster node). `acquire` / `release` borrow and return the redis-py connection the
-    channel is built on; by default the client's pool."""
+def _where(conn: Any) -> str:
+    return f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # nobody waits for a background reply: mark it seen
+
+
+class _Slot:
+    """The channel to one server or cluster node, and how to (re)open it."""
+
+    __slots__ = ("acquire", "channel", "opening", "release")
 
     def __init__(
-        self,
-        client: redis.asyncio.Redis | None = None,
-        *,
-        acquire: Callable[[], Awaitable[Any]] | None = None,
-        release: Callable[[Any], Awaitable[None]] | None = None,
+        self, acquire: Callable[[], Awaitable[Any]], release: Callable[[Any], Awaitable[None]]
     ) -> None:
-        if client is not None:
+        self.acquire = acquire
+        self.release = release
+        self.channel: Channel | None = None
+        self.opening: asyncio.Task[Channel] | None = None
+
+
+class AsyncDriver:
+    """Drives operations for an asyncio adapter over a `redis.asyncio.Redis` (including
+    Sentinel-managed clients) or a `redis.asyncio.cluster.RedisCluster`."""
+
+    def __init__(self, client: redis.asyncio.Redis | AsyncRedisCluster) -> None:
+        self._client: Any = client
+        self._closed = False
+        self._slots: dict[str, _Slot] = {}
+        self._cleanups: set[asyncio.Task[Any]] = set()  # referenced until done
+        self._router: Router
+        if isinstance(client, AsyncRedisCluster):
+            self._router = ClusterRouter(client)
+            self._main: _Slot | None = None
+            self._ready = False
+        else:
             pool: Any = client.connection_pool
-            acquire, release = pool.get_connection, pool.release
-        assert acquire is not None and release is not None
-        self._acquire = acquire
-        self._release = release
-        self._channel: Channel | None = None
-        self._opening: asyncio.Future[Channel] | None = None
+            self._router = ONE_SERVER
+            self._main = _Slot(pool.get_connection, _release_to(pool))
+            self._ready = True
 
     async def run(self, op: Operation[R]) -> R:
         return await run_async(op, self.round_trip)
 
-    async def call(self, command: Command) -> Any:
-        """One retry-safe command, one reply (get / set / delete)."""
-        return (await self.round_trip(RoundTrip((command,))))[0]
+    async def call(self, command: Command, *, write: bool = False) -> Any:
+        """One command, one reply (get / set / delete). A write's lost reply comes back as
+        a `ReplyLost` instance in place of the reply, like an error reply."""
+        try:
+            return (await self.round_trip(RoundTrip((command,), not write)))[0]
+        except ReplyLost as lost:
+            return lost
 
     async def round_trip(self, step: RoundTrip) -> list[Any]:
-        retried = False
-        while True:
-            channel = await self._get_channel()
-            try:
-                replies, errors = await channel.send(step.commands)
-                if errors:
-                    replies = await self._recover(channel, step.commands, replies)
-                return replies
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                if channel.closed is None:
-                    channel.broken(exc)
-                if step.retry_safe:
-                    if not retried and type(exc) is RedisConnectionError:
-                        retried = True
-                        continue
-                    raise
-                raise ReplyLost() from exc
-
-    async def _recover(
-        self, channel: Channel, commands: Sequence[Command], replies: list[Any]
-    ) -> list[Any]:
-        resend = noscript_resend(commands, replies)
-        if resend is not None:
-            failed, again = resend
-            resent, _ = await channel.send(again)
-            replies = merge_resend(replies, failed, resent)
-        if any(type(r) is ReadOnlyError for r in replies):
-            channel.broken(RedisConnectionError("the server became a replica (READONLY)"))
-        return replies
-
-    async def _get_channel(self) -> Channel:
-        channel = self._channel
-        loop = asyncio.get_running_loop()
-        if channel is not None and channel.closed is not None:
-            self._channel = None
-            await self._retire(channel)
-            channel = None
-        if channel is not None:
-            if channel.loop is not loop:
-                raise StorageError(
-                    "this asyncio storage is bound to the event loop it was first used on; "
-                    "create one storage per event loop"
-                )
-            return channel
-        if self._opening is not None and self._opening.get_loop() is loop:
-            return await asyncio.shield(self._opening)
-        self._opening = loop.create_future()
-        opening = self._opening
+        if step.background:
+            return self._in_background(step)
+        main = self._main
+        if main is None:
+            if not self._ready:
+                await self._client.initialize()
+                self._ready = True
+            return await run_async(round_trip(step, self._router), self._perform)
+        # Fast path (see the sync driver): the policy only runs when this exchange failed
+        # or brought an error reply.
         try:
-            conn = await self._acquire()
-            channel = Channel(conn, loop)
+            replies, errors = await self._exchange(main, step.commands)
         except BaseException as exc:
-            opening.set_exception(exc)
-            opening.exception()  # retrieved: waiters re-raise it, nobody else must
-            self._opening = None
-            raise
-        if self._channel is not None and self._channel.loop is not loop:
-            channel.close()
-            raise StorageError(
-                "this asyncio storage is bound to the event loop it was first used on; "
-                "create one storage per event loop"
+            policy = answered(round_trip(step, self._router), None, exc)
+            return await run_async(policy, self._perform)
+        if not errors:
+            return replies
+        policy = answered(round_trip(step, self._router), replies, None)
+        return await run_async(policy, self._perform)
+
+    def _in_background(self, step: RoundTrip) -> list[Any]:
+        """A cleanup nobody waits for: queued on the channel when it is open (behind what
+        the operation sent before, on the same connection), else run by a task of its own
+        that opens one (a timeout broke the channel)."""
+        commands = step.commands
+        later: list[int] = []
+        for node, indices in self._router.route(commands, range(len(commands))):
+            channel = self._slot(node).channel
+            if channel is not None and channel.closed is None:
+                channel.send([commands[i] for i in indices]).add_done_callback(_retrieve)
+            else:
+                later += indices
+        if later and not self._closed:
+            rest = dataclasses.replace(
+                step, commands=[commands[i] for i in later], background=False
             )
-        self._channel = channel
-        self._opening = None
-        opening.set_result(channel)
-        return channel
+            task = asyncio.get_running_loop().create_task(self.round_trip(rest))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
+            task.add_done_callback(_retrieve)
+        return [None] * len(commands)
+
+    async def _perform(self, action: Action) -> Any:
+        if type(action) is Exchange:
+            return (await self._exchange(self._slot(action.node), action.commands))[0]
+        if type(action) is Reconnect:
+            channel = self._slot(action.node).channel
+            if channel is not None:
+                channel.broken(RedisConnectionError("the server became a replica (READONLY)"))
+        elif type(action) is SlotMoved:
+            await self._client.nodes_manager.move_slot(action.error)
+        elif type(action) is RefreshSlots:
+            await self._client.nodes_manager.initialize()
+        return None
+
+    async def _exchange(self, slot: _Slot, commands: Sequence[Command]) -> tuple[list[Any], int]:
+        channel = slot.channel
+        if channel is None or channel.closed is not None:
+            channel = await self._open(slot)
+        elif channel.loop is not asyncio.get_running_loop():
+            raise _other_loop()
+        sequence = channel.queued
+        try:
+            return await channel.send(commands)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if not channel.sent(sequence):
+                raise NotSent(type(exc) is RedisConnectionError) from exc
+            raise
+
+    async def _open(self, slot: _Slot) -> Channel:
+        """The slot's channel, opened by one task that the callers share: a caller that is
+        cancelled while waiting does not cancel the opening for the others."""
+        if self._closed:
+            raise not_sent(StorageClosedError("this storage was closed"), resend=False)
+        loop = asyncio.get_running_loop()
+        if slot.channel is not None and slot.channel.loop is not loop:
+            raise _other_loop()
+        opening = slot.opening
+        if opening is None or opening.get_loop() is not loop:
+            stale, slot.channel = slot.channel, None
+            opening = slot.opening = loop.create_task(self._connect(slot, stale))
+            opening.add_done_callback(_retrieve)
+        try:
+            return await asyncio.shield(opening)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise NotSent(type(exc) is RedisConnectionError) from exc
+
+    async def _connect(self, slot: _Slot, stale: Channel | None) -> Channel:
+        try:
+            if stale is not None:
+                await _retire(slot, stale)
+            conn = await slot.acquire()
+            if self._closed:  # closed while we were connecting
+                await slot.release(conn)
+                raise StorageClosedError("this storage was closed")
+            channel = Channel(conn, asyncio.get_running_loop())
+            slot.channel = channel
+            return channel
+        finally:
+            slot.opening = None
+
+    def _slot(self, node: Any) -> _Slot:
+        if node is None:
+            assert self._main is not None
+            return self._main
+        slot = self._slots.get(node.name)
+        if slot is None:
+
+            async def acquire() -> Any:
+                conn = node.acquire_connection()
+                await conn.connect()
+                return conn
+
+            async def release(conn: Any) -> None:
+                node.release(conn)
+
+            slot = self._slots.setdefault(node.name, _Slot(acquire, release))
+        return slot
 
     async def close(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await self._retire(channel)
+        """Close every channel; later calls raise `StorageClosedError`."""
+        self._closed = True
+        for slot in (self._main, *self._slots.values()):
+            if slot is None:
+                continue
+            channel, slot.channel = slot.channel, None
+            if channel is not None:
+                await _retire(slot, channel)
 
-    async def _retire(self, channel: Channel) -> None:
-        """Hand a closed or broken channel's connection back to redis-py's pool."""
-        channel.close()
-        try:
-            # nowait: redis-py's stream protocol no longer owns the transport, so its
-            # "closed" future would never resolve.
-            await channel.conn.disconnect(nowait=True)
-        finally:
-            await self._release(channel.conn)
+
+def _release_to(pool: Any) -> Callable[[Any], Awaitable[None]]:
+    async def release(conn: Any) -> None:
+        await pool.release(conn)
+
+    return release
+
+
+def _other_loop() -> StorageError:
+    return StorageError(
+        "this asyncio storage is bound to the event loop it was first used on; "
+        "create one storage per event loop"
+    )
+
+
+async def _retire(slot: _Slot, channel: Channel) -> None:
+    """Hand a closed or broken channel's connection back to redis-py's pool."""
+    channel.close()
+    try:
+        # nowait: redis-py's stream protocol no longer owns the transport, so its
+        # "closed" future would never resolve.
+        await channel.conn.disconnect(nowait=True)
+    finally:
+        await slot.release(channel.conn)

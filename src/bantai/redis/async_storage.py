@@ -11,7 +11,6 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from bantai.errors import InvalidOptionError
 from bantai.redis import operations as ops
 from bantai.redis.async_driver import AsyncDriver
-from bantai.redis.cluster_driver import AsyncClusterDriver
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.storage import connection_source
 from bantai.storage.codec import codec_for
@@ -41,14 +40,12 @@ class AsyncRedisStorage(Generic[T]):
             )
         self._client = client
         self._owns_client = owns_client
-        self._driver: AsyncDriver | AsyncClusterDriver
+        self._driver = AsyncDriver(client)
         if isinstance(client, AsyncRedisCluster):
             # Cluster: one channel per node, the hash-tagged layout (see RedisStorage).
             layout: KeyLayout = ClusterKeyLayout(self.options.prefix_bytes)
-            self._driver = AsyncClusterDriver(client)
         else:
             layout = KeyLayout(self.options.prefix_bytes)
-            self._driver = AsyncDriver(client)
         self._ctx: ops.Context[T] = ops.Context(layout, codec_for(schema), self.options)
 
     @property
@@ -62,11 +59,12 @@ class AsyncRedisStorage(Generic[T]):
     async def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
         ctx = self._ctx
         request = ops.set_request(ctx, key, value, ttl_ms)
-        ops.written_reply(ctx, key, await self._driver.call(request))
+        ops.written_reply(ctx, key, await self._driver.call(request, write=True))
 
     async def delete(self, key: Key) -> None:
         ctx = self._ctx
-        ops.written_reply(ctx, key, await self._driver.call(ops.delete_request(ctx, key)))
+        request = ops.delete_request(ctx, key)
+        ops.written_reply(ctx, key, await self._driver.call(request, write=True))
 
     async def append(self, key: Key, item: Any) -> None:
         await self._driver.run(ops.append(self._ctx, key, item))
@@ -92,7 +90,8 @@ class AsyncRedisStorage(Generic[T]):
         return await self._driver.run(ops.update_many(self._ctx, keys, updater))
 
     async def close(self) -> None:
-        """Close the shared connection, and the client if the adapter created it."""
+        """Close the shared connection, and the client if the adapter created it. Later
+        calls raise `StorageClosedError`."""
         await self._driver.close()
         if self._owns_client:
             await self._client.aclose()

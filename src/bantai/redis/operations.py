@@ -4,34 +4,39 @@ An operation is a generator. It yields *steps* and receives their results:
 
 - `RoundTrip(commands)` — send the commands back to back, receive one reply per command
   (error replies arrive as exception instances, not raised, so a batch reads past them);
+  what happens when a round trip does not simply succeed (NOSCRIPT, redirects, lost
+  replies) is the round-trip policy's business (`round_trip`), not the operation's;
 - `Sleep(seconds)` — wait before retrying a busy lock;
 - `CallUpdater(fn, args)` — call the user's updater (the asyncio driver awaits it if it
   returns an awaitable).
 
 If a step fails, the driver throws the exception into the generator at the `yield`, so
 the operation itself decides what a failure means (release the lock, report an ambiguous
-commit). A driver (sync, asyncio, compiled) only moves bytes; none of the logic below is
+write). A driver (sync, asyncio, compiled) only moves bytes; none of the logic below is
 repeated in a driver.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.errors import (
     LockLostError,
     StoredValueError,
     UpdateOutcomeUnknownError,
+    WriteOutcomeUnknownError,
     WrongTypeError,
 )
 from bantai.redis import scripts
 from bantai.redis.keys import KeyLayout
+from bantai.redis.round_trip import Command, ReplyLost, RoundTrip
 from bantai.redis.speedups import new_token
 from bantai.storage.codec import ValueCodec
 from bantai.storage.inputs import (
@@ -57,25 +62,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 Arg = bytes | str | int
-Command = tuple[Arg, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RoundTrip:
-    commands: Sequence[Command]
-    # True when sending the commands twice is harmless, so a driver may resend them once
-    # on a broken connection. False for commits and appends: their lost reply is reported
-    # to the operation as `ReplyLost` instead.
-    retry_safe: bool = True
-
 
 Step = RoundTrip | Sleep | CallUpdater
 Operation = Generator[Step, Any, R]
-
-
-class ReplyLost(Exception):
-    """Raised by a driver into an operation: a non-retry-safe round trip was (possibly)
-    sent, but its replies were lost. `__cause__` is the connection error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +115,22 @@ def evalsha(script: scripts.Script, keys: Sequence[bytes], args: Sequence[Arg]) 
 # --- replies ----------------------------------------------------------------------------
 
 
+def lost_write(what: str, keys: Sequence[Key], lost: ReplyLost) -> WriteOutcomeUnknownError:
+    """The error for a write whose reply was lost: it may or may not have happened."""
+    return WriteOutcomeUnknownError(
+        f"{what} of {shown_keys(keys)} was sent but its reply was lost ({lost.__cause__!r}); "
+        "it may or may not have been applied, and it was not resent",
+        keys=keys,
+    )
+
+
 def check_reply(reply: Any, keys: Sequence[Key]) -> Any:
-    """Raise an error reply, naming the keys; return any other reply unchanged."""
+    """Raise an error reply, naming the keys; return any other reply unchanged. A lost
+    reply of a write (the drivers' `call` returns `ReplyLost` in its place) raises
+    `WriteOutcomeUnknownError`."""
     if isinstance(reply, Exception):
+        if type(reply) is ReplyLost:
+            raise lost_write("write", keys, reply) from reply.__cause__
         if "WRONGTYPE" in str(reply):
             shown = keys[0] if len(keys) == 1 else list(keys)
             raise WrongTypeError(
@@ -137,34 +139,6 @@ def check_reply(reply: Any, keys: Sequence[Key]) -> Any:
             ) from reply
         raise reply
     return reply
-
-
-def noscript_resend(
-    commands: Sequence[Command], replies: Sequence[Any]
-) -> tuple[list[int], list[Command]] | None:
-    """After a round trip: which commands failed with NOSCRIPT (the script cache was
-    flushed, or the server restarted / failed over), and the commands to send to recover
-    them — one SCRIPT LOAD per missing script, then only the failed commands again.
-    NOSCRIPT means the command did not run, so resending it is always safe."""
-    failed = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-    if not failed:
-        return None
-    shas = dict.fromkeys(bytes(commands[i][1]) for i in failed)  # type: ignore[arg-type]
-    loads: list[Command] = [(b"SCRIPT", b"LOAD", scripts.SCRIPTS_BY_SHA[s].source) for s in shas]
-    return failed, loads + [commands[i] for i in failed]
-
-
-def merge_resend(
-    replies: list[Any], failed: Sequence[int], resend_replies: Sequence[Any]
-) -> list[Any]:
-    """Put the replies of a NOSCRIPT resend back in place. A failed SCRIPT LOAD raises."""
-    loads = len(resend_replies) - len(failed)
-    for reply in resend_replies[:loads]:
-        if isinstance(reply, Exception):
-            raise reply
-    for index, reply in zip(failed, resend_replies[loads:], strict=True):
-        replies[index] = reply
-    return replies
 
 
 # --- plain reads and writes ---------------------------------------------------------------
@@ -195,7 +169,17 @@ def delete_request(ctx: Context[T], key: Key) -> Command:
 
 
 def written_reply(ctx: Context[T], key: Key, reply: Any) -> None:
+    """The reply of a `set` / `delete` (its request is a write: never resent)."""
     check_reply(reply, (key,))
+
+
+def _write(commands: Sequence[Command], what: str, keys: Sequence[Key]) -> Operation[list[Any]]:
+    """A round trip that writes: never resent once it may have left; a lost reply is
+    `WriteOutcomeUnknownError`."""
+    try:
+        return (yield RoundTrip(commands, retry_safe=False))  # type: ignore[no-any-return]
+    except ReplyLost as lost:
+        raise lost_write(what, keys, lost) from lost.__cause__
 
 
 def get(ctx: Context[T], key: Key) -> Operation[T | None]:
@@ -204,12 +188,12 @@ def get(ctx: Context[T], key: Key) -> Operation[T | None]:
 
 
 def set_(ctx: Context[T], key: Key, value: object, ttl_ms: object = None) -> Operation[None]:
-    (reply,) = yield RoundTrip((set_request(ctx, key, value, ttl_ms),))
+    (reply,) = yield from _write((set_request(ctx, key, value, ttl_ms),), "set", (key,))
     written_reply(ctx, key, reply)
 
 
 def delete(ctx: Context[T], key: Key) -> Operation[None]:
-    (reply,) = yield RoundTrip((delete_request(ctx, key),))
+    (reply,) = yield from _write((delete_request(ctx, key),), "delete", (key,))
     written_reply(ctx, key, reply)
 
 
@@ -245,18 +229,15 @@ def set_many(
                 mset += (redis_keys[i], datas[i])
             commands.append(tuple(mset))
         else:
-            # MULTI/EXEC: the group is written all or nothing, even if the connection drops.
-            commands.append((b"MULTI",))
-            commands += [(b"SET", redis_keys[i], datas[i], b"PX", ttl) for i in group]
-            commands.append((b"EXEC",))
+            # One script per group: written all or nothing, even if the connection drops.
+            group_keys = [redis_keys[i] for i in group]
+            args: list[Arg] = [ttl, *(datas[i] for i in group)]
+            commands.append(evalsha(scripts.SET_MANY, group_keys, args))
     if not commands:
         return
-    replies = yield RoundTrip(commands)
+    replies = yield from _write(commands, "set_many", key_list)
     for reply in replies:
         check_reply(reply, key_list)
-        if isinstance(reply, list):
-            for inner in reply:
-                check_reply(inner, key_list)
 
 
 def delete_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[None]:
@@ -265,7 +246,8 @@ def delete_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[None]:
     groups = ctx.layout.groups(redis_keys)
     if not groups:
         return
-    replies = yield RoundTrip([(b"DEL", *(redis_keys[i] for i in g)) for g in groups])
+    commands: list[Command] = [(b"DEL", *(redis_keys[i] for i in g)) for g in groups]
+    replies = yield from _write(commands, "delete_many", key_list)
     for reply in replies:
         check_reply(reply, key_list)
 
@@ -273,8 +255,22 @@ def delete_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[None]:
 # --- locking ------------------------------------------------------------------------------
 
 
-def _release(ctx: Context[Any], lock_keys: Sequence[bytes], token: bytes) -> Operation[None]:
-    """Best effort: a lock we cannot release (server unreachable) expires by its TTL."""
+def _unanswered(failure: BaseException | None) -> bool:
+    """Whether a failure means the server is not answering (a timeout) or the caller has
+    gone (cancelled): then a cleanup must not make anyone wait."""
+    if isinstance(failure, ReplyLost):
+        failure = failure.__cause__
+    return isinstance(failure, (RedisTimeoutError, asyncio.CancelledError))
+
+
+def _release(
+    ctx: Context[Any],
+    lock_keys: Sequence[bytes],
+    token: bytes,
+    after: BaseException | None = None,
+) -> Operation[None]:
+    """Best effort: a lock we cannot release (server unreachable) expires by its TTL. After
+    a timeout or a cancellation (`after`) the release goes out in the background."""
     if not lock_keys:
         return
     commands = [
@@ -282,7 +278,7 @@ def _release(ctx: Context[Any], lock_keys: Sequence[bytes], token: bytes) -> Ope
         for group in ctx.layout.groups(lock_keys)
     ]
     with contextlib.suppress(Exception):
-        yield RoundTrip(commands)
+        yield RoundTrip(commands, background=_unanswered(after))
 
 
 def _acquire(
@@ -292,35 +288,39 @@ def _acquire(
     lock_keys: Sequence[bytes],
     token: bytes,
 ) -> Operation[list[bytes | str | None]]:
-    """Take every lock (retrying only the busy ones) and return the current raw values."""
+    """Take every lock and return the current raw values. All or nothing: each slot group's
+    script takes all of its locks or none, and when any group was busy the groups that
+    were taken are released before the jittered pause. A caller never waits while holding
+    a lock, so overlapping batches cannot deadlock (no hold-and-wait)."""
     lock_ttl = ctx.options.lock_ttl_ms
     deadline = lock_deadline(ctx.options)
+    groups = ctx.layout.groups(value_keys)
+    commands = []
+    for group in groups:
+        pairs: list[bytes] = []
+        for i in group:
+            pairs += (value_keys[i], lock_keys[i])
+        commands.append(evalsha(scripts.ACQUIRE, pairs, (token, lock_ttl)))
     raw_values: list[bytes | str | None] = [None] * len(keys)
-    pending = list(range(len(keys)))
     while True:
-        pending_value_keys = [value_keys[i] for i in pending]
-        groups = [[pending[i] for i in g] for g in ctx.layout.groups(pending_value_keys)]
-        commands = []
-        for group in groups:
-            pairs: list[bytes] = []
-            for i in group:
-                pairs += (value_keys[i], lock_keys[i])
-            commands.append(evalsha(scripts.ACQUIRE, pairs, (token, lock_ttl)))
         replies = yield RoundTrip(commands)
         busy: list[int] = []
+        taken = False
         for group, reply in zip(groups, replies, strict=True):
             entries = check_reply(reply, [keys[i] for i in group])
+            if entries[0][0] != 1:  # the script took all of the group's locks or none
+                busy += [i for i, entry in zip(group, entries, strict=True) if entry[0] == 0]
+                continue
+            taken = True
             for index, entry in zip(group, entries, strict=True):
-                if entry[0] == 1:
-                    raw_values[index] = entry[1] if len(entry) > 1 else None
-                else:
-                    busy.append(index)
+                raw_values[index] = entry[1] if len(entry) > 1 else None
         if not busy:
             return raw_values
-        pending = busy
+        if taken:
+            yield from _release(ctx, lock_keys, token)
         pause = retry_pause(ctx.options, deadline)
         if pause <= 0:
-            raise lock_timeout_error(ctx.options, [keys[i] for i in pending])
+            raise lock_timeout_error(ctx.options, [keys[i] for i in busy])
         yield Sleep(pause)
 
 
@@ -355,10 +355,10 @@ def locked_update(
             results.append(validated)
     except GeneratorExit:
         raise  # the generator is being closed: no more steps may be yielded
-    except BaseException:
+    except BaseException as exc:
         # Updater raised, returned an invalid value, was cancelled, or a stored value was
         # corrupt: release at once (not after lock_ttl_ms) and let the error propagate.
-        yield from _release(ctx, lock_keys, token)
+        yield from _release(ctx, lock_keys, token, after=exc)
         raise
 
     commands = []
@@ -377,7 +377,7 @@ def locked_update(
         # if it is still queued somewhere, it will find the lock gone and write nothing.
         # Either way the outcome is settled once the release is through, and the lock does
         # not block others until its TTL.
-        yield from _release(ctx, lock_keys, token)
+        yield from _release(ctx, lock_keys, token, after=lost)
         raise UpdateOutcomeUnknownError(
             f"commit of {shown_keys(keys)} was sent but its reply was lost "
             f"({lost.__cause__!r}); the write may or may not have happened",
@@ -385,8 +385,8 @@ def locked_update(
         ) from lost.__cause__
     except GeneratorExit:
         raise
-    except BaseException:
-        yield from _release(ctx, lock_keys, token)
+    except BaseException as exc:
+        yield from _release(ctx, lock_keys, token, after=exc)
         raise
     lost_keys: list[Key] = []
     error: BaseException | None = None

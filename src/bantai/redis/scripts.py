@@ -26,25 +26,30 @@ class Script:
 
 
 # KEYS = value1, lock1, value2, lock2, ...   ARGV = token, lock_ttl_ms
-# Reply: one entry per pair: {1, value} / {1} (acquired; value or absent) or {0} (busy).
+# All or nothing: takes every lock only if none is held by someone else. Reply, one entry
+# per pair: {1, value} / {1} (locked; value or absent) when all were taken; otherwise
+# {0} (busy) / {2} (free, not taken) and no lock was taken. Never holding some locks while
+# waiting for others is what makes overlapping multi-key updates deadlock-free.
 # All reads happen before any write, so a WRONGTYPE error aborts with nothing written.
-# A lock already holding our token counts as acquired: a retried acquire whose first
-# reply was lost is harmless.
+# A lock already holding our token counts as free: a resent acquire whose first reply was
+# lost is harmless.
 ACQUIRE = Script.of(
     "acquire",
     """
 #!lua
 local n = #KEYS / 2
 local holders, values = {}, {}
+local busy = false
 for i = 1, n do
-  holders[i] = redis.call('GET', KEYS[2 * i])
+  local holder = redis.call('GET', KEYS[2 * i])
+  if holder and holder ~= ARGV[1] then busy = true end
+  holders[i] = holder
   values[i] = redis.call('GET', KEYS[2 * i - 1])
 end
 local out = {}
 for i = 1, n do
-  local holder = holders[i]
-  if holder and holder ~= ARGV[1] then
-    out[i] = {0}
+  if busy then
+    if holders[i] and holders[i] ~= ARGV[1] then out[i] = {0} else out[i] = {2} end
   else
     redis.call('SET', KEYS[2 * i], ARGV[1], 'PX', ARGV[2])
     if values[i] then out[i] = {1, values[i]} else out[i] = {1} end
@@ -219,6 +224,19 @@ return {1, 1, whole, now + math.ceil((limit - tokens) / rate)}
 """,
 )
 
+# KEYS = values   ARGV = ttl_ms, data1, data2, ...
+# `set_many` with a TTL: every key written with PX, all or nothing (one script, refused
+# before it runs when the server is out of memory). One command per slot group, so a
+# cluster redirect (MOVED / ASK / TRYAGAIN) concerns one command, never half a MULTI.
+SET_MANY = Script.of(
+    "set_many",
+    """
+#!lua
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1]) end
+return #KEYS
+""",
+)
+
 SCRIPTS_BY_SHA: dict[bytes, Script] = {
-    s.sha: s for s in (ACQUIRE, COMMIT, RELEASE, APPEND, RATE_LIMIT)
+    s.sha: s for s in (ACQUIRE, COMMIT, RELEASE, APPEND, RATE_LIMIT, SET_MANY)
 }

@@ -10,7 +10,6 @@ from redis.cluster import RedisCluster
 
 from bantai.errors import InvalidOptionError
 from bantai.redis import operations as ops
-from bantai.redis.cluster_driver import ClusterDriver
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.sync_driver import SyncDriver
 from bantai.storage.codec import codec_for
@@ -40,13 +39,11 @@ class RedisStorage(Generic[T]):
         self.options = StorageOptions.coerce(options)
         self._client = client
         self._owns_client = owns_client
-        self._driver: SyncDriver | ClusterDriver
+        self._driver = SyncDriver(client, busy_poll_us=self.options.busy_poll_us)
         if isinstance(client, RedisCluster):
             layout: KeyLayout = ClusterKeyLayout(self.options.prefix_bytes)
-            self._driver = ClusterDriver(client, busy_poll_us=self.options.busy_poll_us)
         else:
             layout = KeyLayout(self.options.prefix_bytes)
-            self._driver = SyncDriver(client, busy_poll_us=self.options.busy_poll_us)
         self._ctx: ops.Context[T] = ops.Context(layout, codec_for(schema), self.options)
 
     @property
@@ -62,11 +59,13 @@ class RedisStorage(Generic[T]):
     def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
         """Validate `value` and store it (with a TTL in ms or as a timedelta, if given)."""
         ctx = self._ctx
-        ops.written_reply(ctx, key, self._driver.call(ops.set_request(ctx, key, value, ttl_ms)))
+        request = ops.set_request(ctx, key, value, ttl_ms)
+        ops.written_reply(ctx, key, self._driver.call(request, write=True))
 
     def delete(self, key: Key) -> None:
+        """Remove `key` (no error if it is absent)."""
         ctx = self._ctx
-        ops.written_reply(ctx, key, self._driver.call(ops.delete_request(ctx, key)))
+        ops.written_reply(ctx, key, self._driver.call(ops.delete_request(ctx, key), write=True))
 
     def append(self, key: Key, item: Any) -> None:
         """Append `item` to the list stored under `key` (list schemas only), atomically and
@@ -99,7 +98,7 @@ class RedisStorage(Generic[T]):
 
     def close(self) -> None:
         """Return borrowed connections to the pool, and close the client if the adapter
-        created it (from a URL)."""
+        created it (from a URL). Later calls raise `StorageClosedError`."""
         self._driver.close()
         if self._owns_client:
             self._client.close()

@@ -1,0 +1,56 @@
+"""Routing for Redis Cluster: which node each command goes to, by the hash slot of its
+first key, from redis-py's slot map (`RedisCluster.nodes_manager`; the sync and the
+asyncio client alike). No I/O here: the round-trip policy (`round_trip`) decides when
+the map must be refreshed, the drivers refresh it.
+
+The operations already group keys by slot (`ClusterKeyLayout`), so no command ever
+crosses slots; commands without a key (SCRIPT, CONFIG) go to the default node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.crc import key_slot
+
+from bantai.redis.round_trip import Command
+
+_KEYLESS = frozenset({b"SCRIPT", b"CONFIG", b"ASKING", b"PING"})
+
+
+def first_key(command: Command) -> bytes | None:
+    """The key that decides where `command` goes (None: any node will do)."""
+    name = command[0]
+    if name in (b"EVALSHA", b"EVAL"):
+        return command[3] if int(command[2]) > 0 else None  # type: ignore[return-value]
+    if name in _KEYLESS or len(command) < 2:
+        return None
+    return command[1]  # type: ignore[return-value]
+
+
+class ClusterRouter:
+    """A `round_trip.Router` over a redis-py cluster client's slot map."""
+
+    __slots__ = ("client", "stale")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.stale = False
+
+    def route(
+        self, commands: Sequence[Command], indices: Sequence[int]
+    ) -> list[tuple[Any, list[int]]]:
+        routes: dict[str, tuple[Any, list[int]]] = {}
+        nodes = self.client.nodes_manager
+        for index in indices:
+            key = first_key(commands[index])
+            if key is None:
+                node = self.client.get_default_node()
+            else:
+                node = nodes.get_node_from_slot(key_slot(key))
+            routes.setdefault(node.name, (node, []))[1].append(index)
+        return list(routes.values())
+
+    def node_at(self, host: str, port: int) -> Any:
+        return self.client.nodes_manager.get_node(host=host, port=port)
