@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.errors import (
     LockLostError,
+    LockTimeoutError,
     StoredValueError,
     UpdateOutcomeUnknownError,
     WriteOutcomeUnknownError,
@@ -339,8 +340,10 @@ def locked_update(
     token = new_token()
     plans: list[tuple[bytes, bytes, int | str]] = []
     results: list[T | None] = []
+    acquired = False
     try:
         raw_values = yield from _acquire(ctx, keys, value_keys, lock_keys, token)
+        acquired = True
         for key, raw in zip(keys, raw_values, strict=True):
             current = ctx.codec.decode(raw, key)
             returned = yield CallUpdater(updater, (key, current) if keyed else (current,))
@@ -357,8 +360,10 @@ def locked_update(
         raise  # the generator is being closed: no more steps may be yielded
     except BaseException as exc:
         # Updater raised, returned an invalid value, was cancelled, or a stored value was
-        # corrupt: release at once (not after lock_ttl_ms) and let the error propagate.
-        yield from _release(ctx, lock_keys, token, after=exc)
+        # corrupt: release at once (not after lock_ttl_ms) and let the error propagate. A
+        # lock timeout holds nothing (acquiring is all or nothing): no release to send.
+        if acquired or not isinstance(exc, LockTimeoutError):
+            yield from _release(ctx, lock_keys, token, after=exc)
         raise
 
     commands = []

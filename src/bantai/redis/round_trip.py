@@ -253,8 +253,8 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
                 else:
                     continue  # an error reply that is the answer (WRONGTYPE, OOM, ...)
                 retry.append(index)
-        if not retry:
-            break
+        if not retry or attempt == MAX_ATTEMPTS - 1:
+            break  # done, or still redirected after every attempt: the error replies surface
         pending = retry
         if pause:
             yield Sleep(min(_MAX_PAUSE, _FIRST_PAUSE * 2**attempt))
