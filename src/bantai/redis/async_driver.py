@@ -240,26 +240,18 @@ class AsyncDriver:
         return await run_async(policy, self._perform)
 
     def _in_background(self, step: RoundTrip) -> list[Any]:
-        """A cleanup nobody waits for: queued on the channel when it is open (behind what
-        the operation sent before, on the same connection), else run by a task of its own
-        that opens one (a timeout broke the channel)."""
-        commands = step.commands
-        later: list[int] = []
-        for node, indices in self._router.route(commands, range(len(commands))):
-            channel = self._slot(node).channel
-            if channel is not None and channel.closed is None:
-                channel.send([commands[i] for i in indices]).add_done_callback(_retrieve)
-            else:
-                later += indices
-        if later and not self._closed:
-            rest = dataclasses.replace(
-                step, commands=[commands[i] for i in later], background=False
+        """A cleanup nobody waits for, run by a task of its own through the whole policy
+        (a NOSCRIPT on a release is recovered like any other). Its commands go out on the
+        same channel after everything the operation sent before, so a release always
+        follows the commit it cleans up after."""
+        if not self._closed:
+            task = asyncio.get_running_loop().create_task(
+                self.round_trip(dataclasses.replace(step, background=False))
             )
-            task = asyncio.get_running_loop().create_task(self.round_trip(rest))
             self._cleanups.add(task)
             task.add_done_callback(self._cleanups.discard)
             task.add_done_callback(_retrieve)
-        return [None] * len(commands)
+        return [None] * len(step.commands)
 
     async def _perform(self, action: Action) -> Any:
         if type(action) is Exchange:

@@ -89,11 +89,10 @@ def warn_if_locks_evictable(ctx: Context[Any]) -> Operation[None]:
     that refuses CONFIG GET (ACL) is not second-guessed."""
     if "eviction-policy" in ctx.done:
         return
+    # A transport failure propagates (the update could not have gone through either) and
+    # the check is made again by the next update.
+    (reply,) = yield RoundTrip(((b"CONFIG", b"GET", b"maxmemory-policy"),))
     ctx.done.add("eviction-policy")
-    try:
-        (reply,) = yield RoundTrip(((b"CONFIG", b"GET", b"maxmemory-policy"),))
-    except Exception:
-        return
     if isinstance(reply, dict):  # RESP3 map
         policy = next(iter(reply.values()), None)
     elif isinstance(reply, list) and len(reply) == 2:
