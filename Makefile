@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bantai-installed
 
-.PHONY: demo test lint typecheck unit packaging bench bench-smoke redis-server clean
+.PHONY: demo test lint typecheck unit packaging bench bench-smoke chaos redis-server clean
 
 # The extension must build here: BANTAI_REQUIRE_EXTENSIONS=1 turns a silent fallback to
 # pure Python into a failed install.
@@ -35,6 +35,12 @@ unit: $(STAMP) redis-server
 
 packaging: $(STAMP)
 	PY=$(PY) scripts/check-packaging.sh
+
+# The chaos suite at length (make test runs an 8-second version): one minute per build.
+chaos: $(STAMP) redis-server
+	BANTAI_CHAOS_SECONDS=60 BANTAI_EXPECT_IMPLEMENTATION=cython $(PY) -m pytest -q -s tests/test_chaos.py
+	BANTAI_CHAOS_SECONDS=60 BANTAI_NO_EXTENSIONS=1 BANTAI_EXPECT_IMPLEMENTATION=python \
+	  $(PY) -m pytest -q -s tests/test_chaos.py
 
 bench-smoke: $(STAMP) redis-server
 	$(PY) -m benchmarks.run --smoke

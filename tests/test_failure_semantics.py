@@ -652,3 +652,27 @@ def test_close_is_final(server: LocalRedisServer, admin: redis.Redis) -> None:
     sync.close()
     with pytest.raises(StorageClosedError):
         sync.get("c")
+
+
+def test_asyncio_caller_does_not_wait_for_redis_py_connect_retries(
+    server: LocalRedisServer,
+) -> None:
+    """`redis.asyncio.Redis(...)` retries a failed connect 10 times by default; a caller
+    waits one connect and one handshake reply at most, then gets `TimeoutError`."""
+
+    async def main() -> float:
+        client = redis.asyncio.Redis(
+            host=server.host, port=server.port, socket_timeout=0.3, socket_connect_timeout=0.3
+        )
+        storage = create_async_redis_storage({"client": client}, Counter, {"prefix": "rt:"})
+        server.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await storage.get("c")
+            return time.monotonic() - started
+        finally:
+            server.signal(signal.SIGCONT)
+            await storage.close()
+
+    assert asyncio.run(main()) <= 0.6 + SLACK

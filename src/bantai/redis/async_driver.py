@@ -27,6 +27,7 @@ is released, and the cancelled caller is not held up by a slow or frozen server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -176,15 +177,24 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 class _Slot:
     """The channel to one server or cluster node, and how to (re)open it."""
 
-    __slots__ = ("acquire", "channel", "opening", "release")
+    __slots__ = ("acquire", "channel", "open_timeout", "opening", "release")
 
     def __init__(
-        self, acquire: Callable[[], Awaitable[Any]], release: Callable[[Any], Awaitable[None]]
+        self,
+        acquire: Callable[[], Awaitable[Any]],
+        release: Callable[[Any], Awaitable[None]],
+        connection_kwargs: dict[str, Any],
     ) -> None:
         self.acquire = acquire
         self.release = release
         self.channel: Channel | None = None
         self.opening: asyncio.Task[Channel] | None = None
+        # How long a caller waits for the connection to open: one connect plus one
+        # handshake reply. redis-py may go on retrying the connect (a client built with
+        # `Redis(...)` retries it 10 times by default); the caller does not wait for that.
+        connect = connection_kwargs.get("socket_connect_timeout")
+        reply = connection_kwargs.get("socket_timeout")
+        self.open_timeout = (connect or reply or 0) + (reply or 0) or None
 
 
 class AsyncDriver:
@@ -204,7 +214,7 @@ class AsyncDriver:
         else:
             pool: Any = client.connection_pool
             self._router = ONE_SERVER
-            self._main = _Slot(pool.get_connection, _release_to(pool))
+            self._main = _Slot(pool.get_connection, _release_to(pool), pool.connection_kwargs)
             self._ready = True
 
     async def run(self, op: Operation[R]) -> R:
@@ -294,14 +304,18 @@ class AsyncDriver:
             opening = slot.opening = loop.create_task(self._connect(slot, stale))
             opening.add_done_callback(_retrieve)
         try:
-            return await asyncio.shield(opening)
+            return await asyncio.wait_for(asyncio.shield(opening), slot.open_timeout)
+        except asyncio.TimeoutError:
+            cause = RedisTimeoutError(f"Timeout connecting ({slot.open_timeout:g} s)")
+            raise not_sent(cause, resend=False) from cause
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise NotSent(type(exc) is RedisConnectionError) from exc
 
     async def _connect(self, slot: _Slot, stale: Channel | None) -> Channel:
         try:
             if stale is not None:
-                await _retire(slot, stale)
+                with contextlib.suppress(Exception):  # it is broken already; open anew
+                    await _retire(slot, stale)
             conn = await slot.acquire()
             if self._closed:  # closed while we were connecting
                 await slot.release(conn)
@@ -327,7 +341,8 @@ class AsyncDriver:
             async def release(conn: Any) -> None:
                 node.release(conn)
 
-            slot = self._slots.setdefault(node.name, _Slot(acquire, release))
+            kwargs = getattr(node, "connection_kwargs", {})
+            slot = self._slots.setdefault(node.name, _Slot(acquire, release, kwargs))
         return slot
 
     async def close(self) -> None:
