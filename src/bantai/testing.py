@@ -36,10 +36,25 @@ def find_redis_server() -> str:
     return path
 
 
-def free_port() -> int:
+def free_port(*, below: int = 65536) -> int:
+    """A free loopback port below `below` (a cluster node needs one below 55536: Redis
+    listens for its cluster bus on port + 10000, which must be free too)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port < below and (below == 65536 or _is_free(port + 10000)):
+            return port
+    raise RuntimeError(f"no free loopback port below {below}")
+
+
+def _is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class LocalRedisServer:
@@ -47,7 +62,8 @@ class LocalRedisServer:
 
     def __init__(self, *extra_args: str, port: int | None = None) -> None:
         self.extra_args: Sequence[str] = extra_args
-        self.port = port or free_port()
+        self._below = 55536 if "--cluster-enabled" in extra_args else 65536
+        self.port = port or free_port(below=self._below)
         self.host = "127.0.0.1"
         self._dir = tempfile.mkdtemp(prefix="bantai-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,7 +82,7 @@ class LocalRedisServer:
             if self._wait_ready(timeout):
                 return self
             self._terminate()
-            self.port = free_port()  # the port was taken in the meantime: try another
+            self.port = free_port(below=self._below)  # taken in the meantime: try another
         raise RuntimeError(f"redis-server did not start; see {self._dir}/redis.log")
 
     def _command(self, binary: str) -> list[str]:
@@ -169,6 +185,13 @@ class LocalRedisCluster:
         return [(n.host, n.port) for n in self.nodes]
 
     def start(self, timeout: float = 30.0) -> LocalRedisCluster:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # never leave the nodes that did start running
+            raise
+
+    def _start(self, timeout: float) -> LocalRedisCluster:
         for node in self.nodes:
             node.start()
         cli = shutil.which("redis-cli")

@@ -335,7 +335,11 @@ class AsyncDriver:
 
             async def acquire() -> Any:
                 conn = node.acquire_connection()
-                await conn.connect()
+                try:
+                    await conn.connect()
+                except BaseException:
+                    node.release(conn)  # or the node's pool fills up with dead connections
+                    raise
                 return conn
 
             async def release(conn: Any) -> None:

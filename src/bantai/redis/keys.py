@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from redis.crc import key_slot
 
+from bantai.errors import InvalidKeyError, InvalidOptionError
 from bantai.storage.inputs import LOCK_SUFFIX
 
 
@@ -42,15 +43,35 @@ class ClusterKeyLayout(KeyLayout):
       lock  = prefix + "{" + key + "}:lock"
 
     This differs from the standalone layout (and from the TypeScript original, which has
-    no cluster support): a Node service sharing the data must use the same keys."""
+    no cluster support): a Node service sharing the data must use the same keys.
 
-    __slots__ = ()
+    Redis ignores an empty tag (`{}`) and then hashes the whole key, which would put a
+    value and its lock in different slots: a key starting with `}` (when the prefix has
+    no `{`) and a prefix whose first `{` is followed by `}` are refused. A prefix holding
+    a tag of its own (`app{x}:`) is allowed: every key then lives in that one slot."""
+
+    __slots__ = ("_tag_in_prefix",)
+
+    def __init__(self, prefix: bytes) -> None:
+        opening = prefix.find(b"{")
+        if opening != -1 and prefix[opening + 1 : opening + 2] == b"}":
+            raise InvalidOptionError(
+                f"prefix {prefix!r} starts an empty hash tag '{{}}', which Redis Cluster "
+                "ignores: a value and its lock would land in different slots"
+            )
+        super().__init__(prefix)
+        self._tag_in_prefix = opening != -1
 
     def value_key(self, key: bytes) -> bytes:
+        if key[:1] == b"}" and not self._tag_in_prefix:
+            raise InvalidKeyError(
+                f"key {key!r} starts with '}}': on Redis Cluster its hash tag would be "
+                "empty, putting the value and its lock in different slots"
+            )
         return self.prefix + b"{" + key + b"}"
 
     def lock_key(self, key: bytes) -> bytes:
-        return self.prefix + b"{" + key + b"}" + LOCK_SUFFIX
+        return self.value_key(key) + LOCK_SUFFIX
 
     def groups(self, keys: Sequence[bytes]) -> list[list[int]]:
         by_slot: dict[int, list[int]] = {}

@@ -18,7 +18,9 @@ Theory of operation (docs/design.md has the long form):
   rounds; what is still redirected after that surfaces as the error reply it is.
 - A transport failure (connection lost, timeout) leaves a command's fate unknown, unless
   the driver proves nothing of the exchange left this client (`NotSent`: the connection
-  could not be opened, or was found closed before the write). Then it is resent once.
+  could not be opened, or was found closed before the write). Then it is resent once —
+  and if it still cannot be sent while another node's part of the same write already ran,
+  the write as a whole is reported as `ReplyLost` (partly applied is not "did not run").
   Otherwise a read (`retry_safe`) is resent once after a `ConnectionError` — never after a
   timeout, which would double the caller's wait — and a write is **never** resent: the
   operation gets `ReplyLost` and reports an outcome-unknown error. A write resent after
@@ -52,8 +54,8 @@ Arg = bytes | str | int
 Command = tuple[Arg, ...]
 
 # Rounds of redirects / waits before an error reply is surfaced. With the pause doubling
-# from 5 ms to 250 ms this waits up to ~2.8 s in total: longer than a slot migration's
-# split moment or a Sentinel promotion usually takes, short enough to stay a bounded call.
+# from 5 ms to 250 ms this waits up to ~2.1 s in total: longer than a slot's migration or
+# a Sentinel promotion usually takes, short enough to stay a bounded call.
 MAX_ATTEMPTS = 14
 _FIRST_PAUSE = 0.005
 _MAX_PAUSE = 0.25
@@ -192,6 +194,7 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
     asking: dict[int, Any] = {}  # command index -> the node that asked for it (ASK)
     to_load: dict[str | None, dict[bytes, None]] = {}  # node name -> scripts it lacks
     resent = False  # the one resend a transport failure may earn
+    applied = False  # a write of this round trip already ran on some node
     for attempt in range(MAX_ATTEMPTS):
         if router.stale:
             router.stale = False
@@ -210,6 +213,8 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
                 router.stale = True  # a cluster node we cannot reach may have failed over
                 if resent or not exc.resend:
                     cause = exc.__cause__ or exc
+                    if applied:  # other nodes' part of this write ran: it is not all-or-none
+                        raise ReplyLost() from cause
                     raise cause from cause.__cause__
                 resent = True
                 retry += indices
@@ -227,6 +232,7 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
                 if isinstance(reply, Exception):
                     raise reply  # SCRIPT LOAD refused (e.g. ACL): nothing to retry
             answers = _without_asking(got[len(loads) :], indices, asking)
+            applied = applied or (write and not all(isinstance(r, Exception) for r in answers))
             for index, reply in zip(indices, answers, strict=True):
                 replies[index] = reply
                 if not isinstance(reply, Exception):
