@@ -43,7 +43,9 @@ _JOIN_TIMEOUT = 5.0
 _DEFAULT_GRACE = 0.2
 _LINGER_RST = struct.pack("ii", 1, 0)
 
-FaultKind = Literal["lose_reply", "drop_request"]
+FaultKind = Literal["lose_reply", "drop_request", "garble_reply"]
+# Not RESP: a reply type byte that no RESP version has.
+GARBAGE = b"@not a reply\r\n"
 
 
 @dataclass
@@ -65,6 +67,7 @@ class _Conn:
     # lose_reply armed on this connection: the server's replies are discarded, and the pair dies
     # once the server has answered or at `deadline` (monotonic), whichever comes first.
     swallowing: bool = False
+    garbling: bool = False
     deadline: float = 0.0
     closed: bool = False
 
@@ -99,6 +102,7 @@ class FaultProxy:
         self.host = _HOST
         self.replies_lost = 0
         self.requests_dropped = 0
+        self.replies_garbled = 0
         self._port: int | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -209,6 +213,13 @@ class FaultProxy:
         connection is reset at once: the command never ran, though the client sees the same
         error as for a lost reply. Increments `requests_dropped` each time it fires."""
         self._arm("drop_request", pattern, count)
+
+    def garble_reply_after(self, pattern: bytes, *, count: int = 1) -> None:
+        """The next `count` client chunks containing `pattern` reach the server, and the
+        server's next reply on that connection reaches the client as bytes that are not
+        RESP at all (`GARBAGE`): the command ran, its answer cannot be read. Increments
+        `replies_garbled`."""
+        self._arm("garble_reply", pattern, count)
 
     def hold_replies(self) -> None:
         """Buffer server->client bytes instead of delivering them: the server looks frozen to
@@ -384,6 +395,8 @@ class FaultProxy:
                 return
             if fault == "lose_reply":
                 conn.swallowing = True
+            if fault == "garble_reply":
+                conn.garbling = True
         if conn.swallowing:
             # Keep forwarding: the rest of a long command may follow in later chunks, and it must
             # reach the server whole. The grace period counts from the last byte forwarded.
@@ -403,6 +416,9 @@ class FaultProxy:
             if not conn.to_upstream:
                 self._close(conn, reset=True)
             return
+        if conn.garbling:
+            conn.garbling = False
+            data = GARBAGE
         with self._lock:
             held = self._held
         if held:
@@ -423,6 +439,8 @@ class FaultProxy:
                     # sees the counter.
                     if fault.kind == "lose_reply":
                         self.replies_lost += 1
+                    elif fault.kind == "garble_reply":
+                        self.replies_garbled += 1
                     else:
                         self.requests_dropped += 1
                     return fault.kind

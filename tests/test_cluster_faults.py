@@ -1093,6 +1093,32 @@ def test_sync_adapter_uses_a_node_again_after_it_came_back(fragile: LocalRedisCl
         client.close()
 
 
+def test_updates_work_while_the_default_node_is_down(fragile: LocalRedisCluster) -> None:
+    """A fresh adapter's first update checks the eviction policy (a key-less CONFIG GET,
+    sent to the client's default node). With that node down, updates of keys on healthy
+    masters must still work: the check is skipped on a connection error and made later."""
+    prefix = f"defdown-{unique_prefix()}"
+    probe = RedisCluster(host=HOST, port=fragile.nodes[0].port)
+    default_port = int(probe.get_default_node().port)
+    probe.close()
+    other = next(m for m in _masters(fragile) if m.port != default_port)
+    key = _names_in_slots(prefix, "k", set(other.slot_list()), 1)[0]
+    with _restarted_after(fragile, default_port) as server:
+        client = RedisCluster(host=HOST, port=other.port, socket_timeout=2)
+        if int(client.get_default_node().port) != default_port:
+            client.nodes_manager.default_node = client.get_node(HOST, default_port)
+        storage = create_redis_storage({"client": client}, Counter, {"prefix": prefix})
+        try:
+            assert server.process is not None
+            server.process.kill()
+            server.process.wait(5)
+            assert storage.update(key, increment) == Counter(count=1)
+            assert storage.update(key, increment) == Counter(count=2)
+        finally:
+            storage.close()
+            client.close()
+
+
 def _restart_and_heal(local: LocalRedisCluster, server: LocalRedisServer) -> None:
     """Start a killed node again on its port (it rejoins from its nodes.conf) and wait,
     bounded, until every node reports cluster_state:ok."""

@@ -19,10 +19,11 @@ import pytest
 import redis
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import MaxConnectionsError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai import (
+    InvalidOptionError,
     LockTimeoutError,
     StorageClosedError,
     UpdateOutcomeUnknownError,
@@ -676,3 +677,158 @@ def test_asyncio_caller_does_not_wait_for_redis_py_connect_retries(
             await storage.close()
 
     assert asyncio.run(main()) <= 0.6 + SLACK
+
+
+# --- found in review: each of these was a confirmed bug ------------------------------------
+
+
+@pytest.mark.parametrize("asyncio_api", [False, True], ids=["sync", "asyncio"])
+def test_an_unreadable_write_reply_is_outcome_unknown(
+    admin: redis.Redis, proxy: FaultProxy, asyncio_api: bool
+) -> None:
+    """A reply that is not RESP (a broken middlebox, a corrupted stream): the write ran, its
+    answer cannot be read — outcome unknown, on both drivers (the sync one leaked
+    hiredis' ProtocolError)."""
+    prefix = unique_prefix()
+
+    async def go_async() -> None:
+        storage = create_async_redis_storage(
+            {"client": _through(proxy, asyncio_api=True)}, Counter, {"prefix": prefix}
+        )
+        await storage.get("k")
+        proxy.garble_reply_after(SET)
+        with pytest.raises(WriteOutcomeUnknownError):
+            await storage.set("k", {"count": 3})
+        assert await storage.get("k") == Counter(count=3)  # a new connection, in step
+        await storage.close()
+
+    if asyncio_api:
+        asyncio.run(go_async())
+    else:
+        storage = create_redis_storage({"client": _through(proxy)}, Counter, {"prefix": prefix})
+        storage.get("k")
+        proxy.garble_reply_after(SET)
+        with pytest.raises(WriteOutcomeUnknownError):
+            storage.set("k", {"count": 3})
+        assert storage.get("k") == Counter(count=3)
+        storage.close()
+    assert proxy.replies_garbled == 1
+
+
+def test_a_call_that_cannot_be_packed_leaves_the_shared_connection_in_step(
+    server: LocalRedisServer,
+) -> None:
+    """A rate-limit clock returning a float used to leave an orphan waiter in the
+    multiplexer: every later reply went to the wrong caller."""
+
+    async def main() -> None:
+        storage = create_async_redis_storage({"url": server.url}, dict[str, str])
+        limits = create_async_redis_storage({"url": server.url}, rate_limit_schema)
+        await storage.set("a", {"v": "a"})
+        await storage.set("b", {"v": "b"})
+        config = {"type": "fixed-window", "limit": 5, "period": "1h", "key": "r"}
+        with pytest.raises(InvalidOptionError, match="clock"):
+            await rate_limit.consume_async(limits, config, clock=lambda: time.time() * 1000)
+        got = await asyncio.gather(storage.get("a"), storage.get("b"))
+        assert got == [{"v": "a"}, {"v": "b"}]
+        await storage.close()
+        await limits.close()
+
+    asyncio.run(main())
+
+
+def test_closing_with_calls_in_flight_leaks_no_connection(
+    server: LocalRedisServer, admin: redis.Redis
+) -> None:
+    storage = create_redis_storage({"url": server.url}, Counter, {"prefix": unique_prefix()})
+    started, release = threading.Event(), threading.Event()
+
+    def slow(current: Counter | None) -> dict[str, Any]:
+        started.set()
+        release.wait(10)
+        return increment(current)
+
+    results: list[Any] = []
+
+    def run() -> None:
+        try:
+            results.append(storage.update("c", slow))
+        except Exception as exc:
+            results.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert started.wait(10)
+    storage.close()
+    release.set()
+    worker.join(10)
+    assert isinstance(results[0], StorageClosedError)  # its commit found the adapter closed
+    time.sleep(0.05)
+    assert len(admin.client_list()) == 1  # only the admin: the connection went back, closed
+
+
+def test_readonly_refusals_on_asyncio_are_not_outcome_unknown(
+    own_redis_server: Callable[..., LocalRedisServer],
+) -> None:
+    """A write refused by a replica (READONLY) did not run. Pipelined with 200 others on
+    the shared connection, it used to be reported as outcome unknown because the whole
+    connection was dropped under the others' feet."""
+    primary = own_redis_server()
+    replica = own_redis_server("--replicaof", primary.host, str(primary.port))
+
+    async def main() -> list[BaseException | None]:
+        client = redis.asyncio.Redis.from_url(replica.url, socket_timeout=2)
+        storage = create_async_redis_storage({"client": client}, Counter, {"prefix": "ro:"})
+
+        async def one(i: int) -> BaseException | None:
+            await asyncio.sleep(i * 0.002)
+            try:
+                await storage.set(f"k{i}", {"count": i})
+            except Exception as exc:
+                return exc
+            return None
+
+        results = await asyncio.gather(*(one(i) for i in range(200)))
+        await storage.close()
+        return results
+
+    results = asyncio.run(main())
+    assert all(type(r) is ReadOnlyError for r in results), {type(r) for r in results}
+    assert redis.Redis.from_url(primary.url).keys("ro:*") == []
+
+
+def test_forked_child_never_waits_on_the_pools_event_dispatcher_lock(
+    server: LocalRedisServer,
+) -> None:
+    """redis-py's pool takes its event dispatcher's lock on every release: a parent thread
+    holding it at fork time used to hang the child's first release forever."""
+    client = redis.Redis.from_url(server.url)
+    storage = create_redis_storage({"client": client}, Counter, {"prefix": unique_prefix()})
+    storage.update("n", increment)
+    lock = client.connection_pool._event_dispatcher._lock
+    lock.acquire()  # a parent thread in the middle of a release, at fork time
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                storage.update("n", increment)
+                storage.close()
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        lock.release()
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on a lock inherited from its parent")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage.get("n") == Counter(count=2)
+    storage.close()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bantai.errors import UpdateOutcomeUnknownError
+from bantai.errors import InvalidOptionError, UpdateOutcomeUnknownError
 from bantai.ratelimit.algorithms import (
     RateLimitConfig,
     RateLimitResult,
@@ -59,6 +59,19 @@ __all__ = [
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _now(clock: Clock | None, default: int | None) -> int:
+    """The time from an injected clock (checked: epoch milliseconds as an int), else
+    `default` (0 = the Redis server's clock), else the wall clock."""
+    if clock is None:
+        return wall_clock_ms() if default is None else default
+    now = clock()
+    if not isinstance(now, int) or isinstance(now, bool) or now < 0:
+        raise InvalidOptionError(
+            f"clock must return epoch milliseconds as a non-negative int, not {now!r}"
+        )
+    return now
 
 
 def _key(config: RateLimitConfig, key: str | None) -> str:
@@ -131,8 +144,8 @@ def _consume_op(
     spend = check_cost(cfg.cost if cost is None else cost)
     full_key = _key(cfg, key)
     if isinstance(storage, (RedisStorage, AsyncRedisStorage)):
-        return _redis_consume(storage._ctx, cfg, full_key, spend, clock() if clock else 0)
-    now = clock() if clock else wall_clock_ms()
+        return _redis_consume(storage._ctx, cfg, full_key, spend, _now(clock, 0))
+    now = _now(clock, None)
     box: list[RateLimitResult] = []
     updater = _updater(cfg, now, spend, box)
     state_key = _state_key(cfg, full_key, now)
@@ -188,7 +201,7 @@ def _at(
 ) -> tuple[RateLimitConfig, int, str]:
     """The parsed config, the time, and the storage key of the state that time reads."""
     cfg = RateLimitConfig.parse(config)
-    now = clock() if clock else wall_clock_ms()
+    now = _now(clock, None)
     return cfg, now, _state_key(cfg, _key(cfg, key), now)
 
 

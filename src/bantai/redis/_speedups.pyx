@@ -49,6 +49,7 @@ cdef object _parse_error = BaseParser.parse_error
 cdef object _INCOMPLETE = object()
 cdef object _Reader = hiredis.Reader
 cdef object _PushNotification = hiredis.PushNotification
+cdef object _ProtocolError = hiredis.ProtocolError
 cdef object _urandom = os.urandom
 cdef object _socket_timeout = socket.timeout
 cdef object _plain_socket = socket.socket
@@ -243,6 +244,9 @@ cdef class Wire:
         except OSError as exc:
             conn.disconnect()
             raise RedisConnectionError(f"Error talking to {_where(conn)}: {exc}") from exc
+        except _ProtocolError as exc:  # the stream cannot be trusted: like a loss
+            conn.disconnect()
+            raise RedisConnectionError(f"Protocol error from {_where(conn)}: {exc}") from exc
         except BaseException:
             conn.disconnect()
             raise

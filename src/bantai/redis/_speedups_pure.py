@@ -131,6 +131,9 @@ class Wire:
         except OSError as exc:
             conn.disconnect()
             raise RedisConnectionError(f"Error talking to {_where(conn)}: {exc}") from exc
+        except hiredis.ProtocolError as exc:  # the stream cannot be trusted: like a loss
+            conn.disconnect()
+            raise RedisConnectionError(f"Protocol error from {_where(conn)}: {exc}") from exc
         except BaseException:
             conn.disconnect()
             raise

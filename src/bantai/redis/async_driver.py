@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio
@@ -75,6 +75,9 @@ class _MuxProtocol(asyncio.Protocol):
             channel.mux.feed(data)
         except Exception as exc:  # a protocol error: the stream cannot be trusted
             channel.broken(RedisConnectionError(f"protocol error: {exc!r}"))
+            return
+        if channel.detached and not channel.mux.pending:
+            channel.close()
 
     def eof_received(self) -> bool:
         self.channel.broken(RedisConnectionError("Connection closed by server."))
@@ -92,6 +95,9 @@ class Channel:
         self.loop = loop
         self.mux = Multiplexer()
         self.closed: BaseException | None = None
+        # Detached: takes no new sends and closes once its pending replies are in.
+        self.detached = False
+        self.done: asyncio.Future[None] = loop.create_future()  # resolved once closed
         timeout = getattr(conn, "socket_timeout", None)
         self.timeout: float | None = float(timeout) if timeout else None
         # When the channel last made progress (a byte arrived, or it went from idle to
@@ -110,12 +116,15 @@ class Channel:
     def send(self, commands: Sequence[Command]) -> asyncio.Future[tuple[list[Any], int]]:
         if self.closed is not None:
             raise not_sent(RedisConnectionError(f"connection closed: {self.closed}"), resend=True)
+        # Pack first: a command that cannot be packed must not leave a waiter behind in
+        # the multiplexer, or every later reply would go to the wrong caller.
+        data = pack_commands(commands)
         mux = self.mux
         if not mux.pending:
             self.progress_at = self.loop.time()
         waiter: asyncio.Future[tuple[list[Any], int]] = self.loop.create_future()
         mux.expect(waiter, len(commands))
-        self._out.append(pack_commands(commands))
+        self._out.append(data)
         self.queued += 1
         if not self._flush_scheduled:
             # Auto-pipelining: everything queued in this loop iteration goes in one write.
@@ -152,6 +161,13 @@ class Channel:
         """Whether the send numbered `sequence` (`queued` before it) reached the transport."""
         return sequence < self.flushed
 
+    def detach(self) -> None:
+        """Stop using this connection without failing what is in flight on it (their
+        replies still arrive); it closes itself once nothing is pending."""
+        self.detached = True
+        if not self.mux.pending:
+            self.close()
+
     def broken(self, exc: BaseException) -> None:
         if self.closed is None:
             self.closed = exc
@@ -159,6 +175,8 @@ class Channel:
             if self._watchdog is not None:
                 self._watchdog.cancel()
                 self._watchdog = None
+            if not self.done.done():
+                self.done.set_result(None)
         self.mux.fail(exc)
 
     def close(self) -> None:
@@ -255,21 +273,28 @@ class AsyncDriver:
         same channel after everything the operation sent before, so a release always
         follows the commit it cleans up after."""
         if not self._closed:
-            task = asyncio.get_running_loop().create_task(
-                self.round_trip(dataclasses.replace(step, background=False))
-            )
-            self._cleanups.add(task)
-            task.add_done_callback(self._cleanups.discard)
-            task.add_done_callback(_retrieve)
+            self._in_task(self.round_trip(dataclasses.replace(step, background=False)))
         return [None] * len(step.commands)
+
+    def _in_task(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` without anyone waiting for it (kept referenced until done)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        task.add_done_callback(_retrieve)
 
     async def _perform(self, action: Action) -> Any:
         if type(action) is Exchange:
             return (await self._exchange(self._slot(action.node), action.commands))[0]
         if type(action) is Reconnect:
-            channel = self._slot(action.node).channel
-            if channel is not None:
-                channel.broken(RedisConnectionError("the server became a replica (READONLY)"))
+            # The server became a replica (READONLY): new sends go to a new connection (to
+            # the new primary); what is in flight on the old one still gets its replies —
+            # breaking it would turn other tasks' refused writes into "outcome unknown".
+            slot = self._slot(action.node)
+            channel, slot.channel = slot.channel, None
+            if channel is not None and channel.closed is None:
+                channel.detach()
+                self._in_task(_retire_when_done(slot, channel))
         elif type(action) is SlotMoved:
             await self._client.nodes_manager.move_slot(action.error)
         elif type(action) is RefreshSlots:
@@ -372,6 +397,11 @@ def _other_loop() -> StorageError:
         "this asyncio storage is bound to the event loop it was first used on; "
         "create one storage per event loop"
     )
+
+
+async def _retire_when_done(slot: _Slot, channel: Channel) -> None:
+    await channel.done
+    await _retire(slot, channel)
 
 
 async def _retire(slot: _Slot, channel: Channel) -> None:

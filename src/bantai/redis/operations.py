@@ -25,6 +25,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.errors import (
@@ -89,9 +90,14 @@ def warn_if_locks_evictable(ctx: Context[Any]) -> Operation[None]:
     that refuses CONFIG GET (ACL) is not second-guessed."""
     if "eviction-policy" in ctx.done:
         return
-    # A transport failure propagates (the update could not have gone through either) and
-    # the check is made again by the next update.
-    (reply,) = yield RoundTrip(((b"CONFIG", b"GET", b"maxmemory-policy"),))
+    # The check is made again by the next update when this one cannot reach the server.
+    # A connection error is not the update's business (on a cluster the check goes to the
+    # default node, which may be down while the key's own node is fine); a timeout is
+    # raised, or the update would wait for the same unanswering server twice.
+    try:
+        (reply,) = yield RoundTrip(((b"CONFIG", b"GET", b"maxmemory-policy"),))
+    except RedisConnectionError:
+        return
     ctx.done.add("eviction-policy")
     if isinstance(reply, dict):  # RESP3 map
         policy = next(iter(reply.values()), None)

@@ -11,8 +11,8 @@ connections: auth, TLS, ACL, db selection, Sentinel discovery, the cluster slot 
 Connections are borrowed from a pool once and kept on a small per-node stack, so a call
 costs a list pop and push instead of the pool's locking and health polling. At most
 `max_connections` of a pool are borrowed; a thread that finds them all busy waits for one
-to come back (up to the pool's `timeout`, else the connection's `socket_timeout`, else
-20 s) instead of failing with "too many connections". A connection that fails is
+to come back (up to the pool's `timeout`, else the connection's `socket_timeout`)
+instead of failing with "too many connections". A connection that fails is
 disconnected and handed back to the pool together with every idle one (they most likely
 share its fate, e.g. a server restart).
 """
@@ -61,7 +61,11 @@ from bantai.storage.steps import Operation, run_sync
 R = TypeVar("R")
 
 _drivers: weakref.WeakSet[SyncDriver] = weakref.WeakSet()
-_DEFAULT_WAIT = 20.0
+# How long a thread waits for a free connection when neither the pool (`timeout`) nor the
+# client (`socket_timeout`) says: redis-py's own default socket timeout, or, when the
+# client disabled timeouts, a generous bound all the same.
+_DEFAULT_WAIT = 5.0
+_NO_TIMEOUT_WAIT = 60.0
 
 
 class _Janitor:
@@ -123,18 +127,28 @@ def _stale(conn: Any) -> bool:
 class _Node:
     """The connections a driver borrowed from one pool (the server, or a cluster node)."""
 
-    __slots__ = ("borrowed", "cond", "idle", "limit", "pool", "wait_timeout", "waiters")
+    __slots__ = (
+        "borrowed",
+        "closed",
+        "cond",
+        "idle",
+        "limit",
+        "pool",
+        "wait_timeout",
+        "waiters",
+    )
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.idle: list[Wire] = []
         self.borrowed = 0  # idle + in use: connections taken out of the pool
-        self.waiters = 0
+        self.waiters = 0  # threads in `_borrow` (counted before they look at `idle`)
+        self.closed = False
         self.cond = threading.Condition(threading.Lock())
         self.limit = int(getattr(pool, "max_connections", 0) or 2**31)
         kwargs = getattr(pool, "connection_kwargs", {})
-        wait = getattr(pool, "timeout", None) or kwargs.get("socket_timeout") or _DEFAULT_WAIT
-        self.wait_timeout = float(wait)
+        wait = getattr(pool, "timeout", None) or kwargs.get("socket_timeout", _DEFAULT_WAIT)
+        self.wait_timeout = float(wait or _NO_TIMEOUT_WAIT)
 
     def checkout(self, write: bool) -> Wire:
         try:
@@ -149,7 +163,13 @@ class _Node:
         return wire
 
     def checkin(self, wire: Wire) -> None:
+        if self.closed:  # closed while this call was in flight: hand it back, not to idle
+            self.pool.release(wire.conn)
+            self._returned()
+            return
         self.idle.append(wire)
+        # Lock-free unless someone waits. A borrower counts itself in `waiters` (under the
+        # lock) before it looks at `idle`, so it either sees this wire or gets the notify.
         if self.waiters:
             with self.cond:
                 self.cond.notify()
@@ -173,11 +193,15 @@ class _Node:
         deadline = time.monotonic() + self.wait_timeout
         while True:
             with self.cond:
-                while not self.idle and self.borrowed >= self.limit:
-                    self._wait(deadline)
-                if self.idle:
-                    return self.idle.pop()
-                self.borrowed += 1
+                self.waiters += 1
+                try:
+                    while not self.idle and self.borrowed >= self.limit:
+                        self._wait(deadline)
+                    if self.idle:
+                        return self.idle.pop()
+                    self.borrowed += 1
+                finally:
+                    self.waiters -= 1
             try:
                 return Wire(self.pool.get_connection())  # connects and authenticates
             except MaxConnectionsError as exc:
@@ -186,8 +210,12 @@ class _Node:
                     self.borrowed -= 1
                     if self.borrowed == 0:
                         raise NotSent(False) from exc
-                    if not self.idle:
-                        self._wait(deadline)
+                    self.waiters += 1
+                    try:
+                        if not self.idle:
+                            self._wait(deadline)
+                    finally:
+                        self.waiters -= 1
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 self._returned()
                 # Resend once after a plain connection error (a server restarting), not
@@ -198,6 +226,7 @@ class _Node:
                 raise
 
     def _wait(self, deadline: float) -> None:
+        """Wait (holding `cond`, counted in `waiters`) for a connection to come back."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             cause = RedisConnectionError(
@@ -205,11 +234,7 @@ class _Node:
                 "connections of the pool are in use"
             )
             raise not_sent(cause, resend=False)
-        self.waiters += 1
-        try:
-            self.cond.wait(remaining)
-        finally:
-            self.waiters -= 1
+        self.cond.wait(remaining)
 
     def _returned(self) -> None:
         with self.cond:
@@ -223,14 +248,14 @@ class _Node:
         give_pool_fresh_locks(self.pool)
 
     def close(self) -> None:
+        self.closed = True
         while True:
             try:
                 wire = self.idle.pop()
             except IndexError:
                 return
             self.pool.release(wire.conn)
-            with self.cond:
-                self.borrowed -= 1
+            self._returned()
 
 
 class SyncDriver:
