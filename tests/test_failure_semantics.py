@@ -540,8 +540,17 @@ def test_forked_children_never_wait_on_a_lock_inherited_from_the_parent(
 def test_200_threads_on_an_adapter_from_a_url(server: LocalRedisServer) -> None:
     """redis-py's default pool holds 100 connections; the 101st caller used to get
     MaxConnectionsError. Now it waits for a connection to come back."""
+    # 200 threads on ONE key also queue for its lock; this test is about connections, so
+    # the lock wait is long (fair hand-off under contention is another matter).
     storage = create_redis_storage(
-        {"url": server.url}, Counter, {"prefix": unique_prefix(), "lock_retry_ms": 5}
+        {"url": server.url},
+        Counter,
+        {
+            "prefix": unique_prefix(),
+            "lock_retry_ms": 5,
+            "lock_timeout_ms": 60_000,
+            "lock_ttl_ms": 60_000,
+        },
     )
     barrier = threading.Barrier(200)
     errors: list[BaseException] = []

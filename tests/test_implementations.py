@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import bantai.redis
+from bantai.codec import codec_for
 from bantai.redis import _speedups_pure as pure
 from bantai.redis.speedups import IMPLEMENTATION
-from bantai.storage.codec import codec_for
 
 try:
     from bantai.redis import _speedups as compiled

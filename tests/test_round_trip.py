@@ -31,6 +31,7 @@ from bantai import (
     UpdateOutcomeUnknownError,
     WriteOutcomeUnknownError,
 )
+from bantai.codec import codec_for
 from bantai.redis import operations as ops
 from bantai.redis import scripts
 from bantai.redis.cluster_router import first_key
@@ -49,9 +50,8 @@ from bantai.redis.round_trip import (
     not_sent,
     round_trip,
 )
-from bantai.storage.codec import codec_for
-from bantai.storage.options import StorageOptions
-from bantai.storage.steps import CallUpdater, Sleep
+from bantai.steps import Call, Sleep
+from bantai.storage.options import RedisStorageOptions
 from tests.models import Counter
 
 GET_A = (b"GET", b"a")
@@ -299,9 +299,9 @@ def test_scripts_are_loaded_on_the_node_that_lacks_them() -> None:
 # --- operations, with the policy's outcome as the answer ----------------------------------
 
 
-def _ctx(layout: KeyLayout | None = None, **options: Any) -> ops.Context[Any]:
-    opts = StorageOptions(**{"lock_retry_ms": 1, "lock_timeout_ms": 1000, **options})
-    return ops.Context(layout or KeyLayout(b"p:"), codec_for(Counter), opts, {"eviction-policy"})
+def _setup(layout: KeyLayout | None = None, **options: Any) -> ops.Setup[Any]:
+    opts = RedisStorageOptions(**{"lock_retry_ms": 1, "lock_timeout_ms": 1000, **options})
+    return ops.Setup(layout or KeyLayout(b"p:"), codec_for(Counter), opts, {"eviction-policy"})
 
 
 def _acquired(*values: bytes | None) -> list[Any]:
@@ -309,16 +309,16 @@ def _acquired(*values: bytes | None) -> list[Any]:
 
 
 def test_get_set_delete_as_operations() -> None:
-    ctx = _ctx()
-    run = Script(ops.get(ctx, "c"))
+    setup = _setup()
+    run = Script(ops.get(setup, "c"))
     assert run.last == RoundTrip(((b"GET", b"p:c"),))
     run.answer([b'{"count":3}'])
     assert run.result == Counter(count=3)
-    run = Script(ops.set_(ctx, "c", {"count": 4}, 1000))
+    run = Script(ops.set_(setup, "c", {"count": 4}, 1000))
     assert run.last == RoundTrip(((b"SET", b"p:c", b'{"count":4}', b"PX", 1000),), retry_safe=False)
     run.answer([b"OK"])
     assert run.done
-    run = Script(ops.delete(ctx, "c"))
+    run = Script(ops.delete(setup, "c"))
     assert run.last.retry_safe is False
     with pytest.raises(WriteOutcomeUnknownError) as err:
         run.answer(_lost(RedisConnectionError("reset")))
@@ -332,8 +332,8 @@ def _lost(cause: BaseException) -> ReplyLost:
 
 
 def test_batches_are_writes() -> None:
-    ctx = _ctx()
-    run = Script(ops.set_many(ctx, {"a": {"count": 1}, "b": {"count": 2}}, 500))
+    setup = _setup()
+    run = Script(ops.set_many(setup, {"a": {"count": 1}, "b": {"count": 2}}, 500))
     step = run.last
     assert step.retry_safe is False
     (command,) = step.commands
@@ -342,24 +342,24 @@ def test_batches_are_writes() -> None:
     with pytest.raises(WriteOutcomeUnknownError) as err:
         run.answer(_lost(RedisTimeoutError("timed out")))
     assert err.value.keys == ("a", "b")
-    run = Script(ops.delete_many(ctx, ["a", "b"]))
+    run = Script(ops.delete_many(setup, ["a", "b"]))
     assert list(run.last.commands) == [(b"DEL", b"p:a", b"p:b")] and not run.last.retry_safe
 
 
 def test_update_lost_commit_releases_and_never_reruns_the_updater() -> None:
-    ctx = _ctx()
+    setup = _setup()
     calls: list[Any] = []
 
     def updater(current: Counter | None) -> dict[str, Any]:
         calls.append(current)
         return {"value": {"count": 1}}
 
-    run = Script(ops.update(ctx, "c", updater))
+    run = Script(ops.update(setup, "c", updater))
     acquire = run.last
     assert acquire.retry_safe is True and acquire.commands[0][1] == scripts.ACQUIRE.sha
     run.answer(_acquired(None))
-    assert isinstance(run.last, CallUpdater)
-    run.answer(run.last.updater(*run.last.args))
+    assert isinstance(run.last, Call)
+    run.answer(run.last.fn(*run.last.args))
     commit = run.last
     assert commit.retry_safe is False and commit.commands[0][1] == scripts.COMMIT.sha
     run.answer(_lost(RedisConnectionError("reset")))
@@ -372,16 +372,16 @@ def test_update_lost_commit_releases_and_never_reruns_the_updater() -> None:
 
 
 def test_cleanup_after_a_timeout_goes_out_in_the_background() -> None:
-    ctx = _ctx()
-    run = Script(ops.update(ctx, "c", lambda current: {"value": {"count": 1}}))
+    setup = _setup()
+    run = Script(ops.update(setup, "c", lambda current: {"value": {"count": 1}}))
     run.answer(RedisTimeoutError("acquire timed out"))  # the lock may be ours: release it
     assert run.last.commands[0][1] == scripts.RELEASE.sha
     assert run.last.background is True  # nobody waits on a server that does not answer
     with pytest.raises(RedisTimeoutError):
         run.answer([None])
-    run = Script(ops.update(ctx, "c", lambda current: {"value": {"count": 1}}))
+    run = Script(ops.update(setup, "c", lambda current: {"value": {"count": 1}}))
     run.answer(_acquired(None))
-    run.answer(run.last.updater(*run.last.args))
+    run.answer(run.last.fn(*run.last.args))
     run.answer(_lost(RedisTimeoutError("commit timed out")))
     assert run.last.background is True
     with pytest.raises(UpdateOutcomeUnknownError):
@@ -395,8 +395,8 @@ def test_update_many_never_waits_while_holding_a_lock() -> None:
     keys = ["x", "y"]
     groups = layout.groups([layout.value_key(k.encode()) for k in keys])
     assert len(groups) == 2  # x and y hash to different slots
-    ctx = _ctx(layout)
-    run = Script(ops.update_many(ctx, keys, lambda key, current: {"value": {"count": 1}}))
+    setup = _setup(layout)
+    run = Script(ops.update_many(setup, keys, lambda key, current: {"value": {"count": 1}}))
     acquire = run.last
     assert len(acquire.commands) == 2
     run.answer([[[1]], [[0]]])  # first group locked, second busy (none of it taken)
@@ -408,16 +408,16 @@ def test_update_many_never_waits_while_holding_a_lock() -> None:
     assert run.last == acquire  # the whole batch again
     run.answer([[[1]], [[1]]])
     for _ in keys:
-        assert isinstance(run.last, CallUpdater)
-        run.answer(run.last.updater(*run.last.args))
+        assert isinstance(run.last, Call)
+        run.answer(run.last.fn(*run.last.args))
     assert run.last.commands[0][1] == scripts.COMMIT.sha
     run.answer([[], []])
     assert run.result == {"x": Counter(count=1), "y": Counter(count=1)}
 
 
 def test_update_many_lock_timeout_names_the_busy_keys() -> None:
-    ctx = _ctx(lock_timeout_ms=0)
-    run = Script(ops.update_many(ctx, ["x", "y"], lambda key, current: None))
+    setup = _setup(lock_timeout_ms=0)
+    run = Script(ops.update_many(setup, ["x", "y"], lambda key, current: None))
     with pytest.raises(LockTimeoutError) as err:
         run.answer([[[2], [0]]])  # one script: y busy, so x was not taken either
     assert err.value.keys == ("y",)
@@ -426,10 +426,10 @@ def test_update_many_lock_timeout_names_the_busy_keys() -> None:
 def test_policy_and_operation_compose() -> None:
     """An operation's RoundTrip through the policy: a NOSCRIPT on the commit is recovered
     without the operation noticing."""
-    ctx = _ctx()
-    run = Script(ops.update(ctx, "c", lambda current: {"value": {"count": 2}}))
+    setup = _setup()
+    run = Script(ops.update(setup, "c", lambda current: {"value": {"count": 2}}))
     run.answer(_acquired(b'{"count":1}'))
-    run.answer(run.last.updater(*run.last.args))
+    run.answer(run.last.fn(*run.last.args))
     commit_step = run.last
     policy = Script(round_trip(commit_step, ONE_SERVER))
     policy.answer([NoScriptError("No matching script")])

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from bantai.codec import ValueCodec, codec_for
 from bantai.errors import InvalidOptionError, InvalidValueError
-from bantai.storage.codec import ValueCodec, codec_for
 
 
 class Tools:
@@ -61,8 +61,7 @@ class Context:
         for name, validate in self.extensions.items():
             # The section as given; its owner merges it over `extension_defaults`.
             extras[name] = validate(merged.pop(name, None))
-        value, _ = self.codec.encode(merged, "<policy input>")
-        return value, extras
+        return self.codec.validate(merged, what="policy input"), extras
 
 
 def define_context(

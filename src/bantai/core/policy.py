@@ -14,7 +14,7 @@ from bantai.core.context import Context
 from bantai.core.results import RuleResult
 from bantai.core.rules import Rule, RuleContext
 from bantai.errors import InvalidOptionError, UnsupportedOperationError
-from bantai.storage.steps import CallUpdater, Operation, run_async, run_sync
+from bantai.steps import Call, Operation, run_async, run_sync
 
 Strategy = Literal["preemptive", "exhaustive"]
 STRATEGIES = ("preemptive", "exhaustive")
@@ -70,7 +70,7 @@ def _evaluation(policy: Policy, data: object, strategy: Strategy | None) -> Oper
     hooks_pending: list[tuple[Rule, RuleResult]] = []
     for rule in policy.rules:
         try:
-            result = yield CallUpdater(rule.evaluate, (value, ctx))
+            result = yield Call(rule.evaluate, (value, ctx))
         except Exception as exc:  # a failing rule denies; the exception is kept on it
             result = RuleResult(False, "rule_evaluation_error", error=exc)
         else:
@@ -101,7 +101,7 @@ def _evaluation(policy: Policy, data: object, strategy: Strategy | None) -> Oper
 def _run_hook(rule: Rule, result: RuleResult, value: Any, ctx: RuleContext) -> Operation[None]:
     hook = rule.on_allow if result.allowed else rule.on_deny
     if hook is not None:
-        _refuse_awaitable((yield CallUpdater(hook, (result, value, ctx))))
+        _refuse_awaitable((yield Call(hook, (result, value, ctx))))
 
 
 def _refuse_awaitable(value: object) -> None:

@@ -7,12 +7,10 @@ from bantai.ratelimit.algorithms import (
     RateLimitResult,
     SlidingWindowState,
     TokenBucketState,
-    storage_schema,
+    rate_limit_schema,
 )
 from bantai.ratelimit.periods import period_ms
 from bantai.ratelimit.rule import define_rate_limit_rule, with_rate_limit
-
-rate_limit_schema = storage_schema  # the original's name (`rateLimitSchema`)
 
 __all__ = [
     "FixedWindowState",
@@ -24,6 +22,5 @@ __all__ = [
     "period_ms",
     "rate_limit",
     "rate_limit_schema",
-    "storage_schema",
     "with_rate_limit",
 ]

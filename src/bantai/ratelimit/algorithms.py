@@ -18,6 +18,7 @@ from pydantic_core import core_schema as cs
 
 from bantai.errors import InvalidOptionError
 from bantai.ratelimit.periods import period_ms
+from bantai.storage.inputs import MAX_TTL_MS
 
 Algorithm = Literal["fixed-window", "sliding-window", "token-bucket"]
 ALGORITHMS: tuple[Algorithm, ...] = ("fixed-window", "sliding-window", "token-bucket")
@@ -54,7 +55,7 @@ def _state(kind: str, **fields: cs.CoreSchema) -> cs.CoreSchema:
 
 _COUNT = cs.int_schema(ge=0)
 # The schema to give a storage that holds limiter state (the original's `rateLimitSchema`).
-storage_schema: cs.CoreSchema = cs.tagged_union_schema(
+rate_limit_schema: cs.CoreSchema = cs.tagged_union_schema(
     {
         "fixed-window": _state("fixed-window", count=_COUNT),
         "sliding-window": _state("sliding-window", timestamps=cs.list_schema(_COUNT)),
@@ -62,7 +63,7 @@ storage_schema: cs.CoreSchema = cs.tagged_union_schema(
     },
     discriminator="type",
 )
-state_validator = SchemaValidator(storage_schema)
+state_validator = SchemaValidator(rate_limit_schema)
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -76,13 +77,34 @@ MAX_COUNT = 2**53 - 1
 @dataclass(frozen=True, slots=True)
 class RateLimitConfig:
     """A validated limiter: `limit` requests (tokens: bucket capacity) per `period_ms`
-    (token bucket: the time to refill from empty to full), `cost` per request."""
+    (token bucket: the time to refill from empty to full), `cost` per request. Invalid
+    values raise `InvalidOptionError` (a `ValueError`) when it is built, however it is
+    built."""
 
     type: Algorithm
     limit: int
     period_ms: int
     cost: int = 1
     key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in ALGORITHMS:
+            raise InvalidOptionError(
+                f"rate limit type must be one of {ALGORITHMS}, not {self.type!r}"
+            )
+        limit = self.limit
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_COUNT:
+            raise InvalidOptionError(
+                f"rate limit 'limit' must be an int from 1 to {MAX_COUNT}, not {limit!r}"
+            )
+        check_cost(self.cost)
+        period = self.period_ms
+        if not isinstance(period, int) or isinstance(period, bool) or not 1 <= period <= MAX_TTL_MS:
+            raise InvalidOptionError(
+                f"rate limit 'period_ms' must be an int from 1 to {MAX_TTL_MS}, not {period!r}"
+            )
+        if self.key is not None and not isinstance(self.key, str):
+            raise InvalidOptionError(f"rate limit 'key' must be a str, not {self.key!r}")
 
     @classmethod
     def parse(cls, config: RateLimitConfig | Mapping[str, Any]) -> RateLimitConfig:
@@ -92,27 +114,21 @@ class RateLimitConfig:
             return config
         if not isinstance(config, Mapping):
             raise InvalidOptionError(f"rate limit config must be a mapping, not {config!r}")
-        kind = config.get("type", "fixed-window")
-        if kind not in ALGORITHMS:
-            raise InvalidOptionError(f"rate limit type must be one of {ALGORITHMS}, not {kind!r}")
         limit = config.get("limit", config.get("capacity"))
         period = config.get("period", config.get("windowMs", config.get("refillRate")))
         if period is None:
             raise InvalidOptionError("rate limit config needs a 'period' (e.g. '1m')")
+        kind = config.get("type", "fixed-window")
         return cls.create(kind, limit, period, config.get("cost", 1), config.get("key"))
 
     @classmethod
     def create(
-        cls, kind: Algorithm, limit: object, period: object, cost: object = 1, key: object = None
+        cls, kind: Any, limit: Any, period: object, cost: Any = 1, key: Any = None
     ) -> RateLimitConfig:
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_COUNT:
-            raise InvalidOptionError(
-                f"rate limit 'limit' must be an int from 1 to {MAX_COUNT}, not {limit!r}"
-            )
-        spend = check_cost(cost)
-        if key is not None and not isinstance(key, str):
-            raise InvalidOptionError(f"rate limit 'key' must be a str, not {key!r}")
-        return cls(kind, limit, period_ms(period), spend, key)
+        """From a period in the `ms` package's format or a `timedelta`."""
+        if kind not in ALGORITHMS:
+            raise InvalidOptionError(f"rate limit type must be one of {ALGORITHMS}, not {kind!r}")
+        return cls(kind, limit, period_ms(period), cost, key)
 
 
 def check_cost(cost: object) -> int:
@@ -121,6 +137,15 @@ def check_cost(cost: object) -> int:
             f"rate limit 'cost' must be an int from 1 to {MAX_COUNT}, not {cost!r}"
         )
     return cost
+
+
+def state_key(config: RateLimitConfig, key: str, now: int) -> str:
+    """Where a limiter's state lives in the storage, as the original names it: the key
+    itself, or for a fixed window `<key>:<window start ms>` (the window that holds `now`).
+    Every storage maps this key like any other (the Redis adapter adds its prefix)."""
+    if config.type == "fixed-window":
+        return f"{key}:{window_start(config, now)}"
+    return key
 
 
 # --- decisions -----------------------------------------------------------------------------
@@ -167,38 +192,43 @@ def _is(state: Any, kind: str) -> bool:
     return isinstance(state, Mapping) and state.get("type") == kind
 
 
-def decide(
-    config: RateLimitConfig, state: Any, now: int, cost: int
-) -> tuple[bool, int, int, dict[str, Any] | None, int]:
-    """(allowed, remaining, reset_at, new state to store or None, its TTL in ms).
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One limiter decision: `allowed`, `remaining` (after this request), `reset_at`
+    (epoch ms), and the `state` to store (None: store nothing) with its `ttl_ms`."""
 
-    For a fixed window, `state` is the state of the window that contains `now`."""
+    allowed: bool
+    remaining: int
+    reset_at: int
+    state: dict[str, Any] | None = None
+    ttl_ms: int = 0
+
+
+def decide(config: RateLimitConfig, state: Any, now: int, cost: int) -> Decision:
+    """The decision for a request of `cost` at `now`, from the stored `state` (for a fixed
+    window: the state of the window that contains `now`)."""
     limit, period = config.limit, config.period_ms
     if config.type == "fixed-window":
         start = window_start(config, now)
         reset_at = start + period
         count = state["count"] if _is(state, "fixed-window") else 0
         if cost > limit or count + cost > limit:
-            return False, max(0, limit - count), reset_at, None, 0
+            return Decision(False, max(0, limit - count), reset_at)
         count += cost
         # TTL of a whole period, like the original: the key outlives its window by at most
         # one period, and an injected clock can never make it expire mid-window.
-        return (
-            True,
-            limit - count,
-            reset_at,
-            {"type": "fixed-window", "count": count},
-            period,
+        return Decision(
+            True, limit - count, reset_at, {"type": "fixed-window", "count": count}, period
         )
     if config.type == "sliding-window":
         stamps = state["timestamps"] if _is(state, "sliding-window") else []
         valid = [t for t in stamps if t > now - period]
         if cost > limit or len(valid) + cost > limit:
             reset_at = (min(valid) + period) if valid else now + period
-            return False, max(0, limit - len(valid)), reset_at, None, 0
+            return Decision(False, max(0, limit - len(valid)), reset_at)
         valid.extend([now] * cost)
         new: dict[str, Any] = {"type": "sliding-window", "timestamps": valid}
-        return True, limit - len(valid), min(valid) + period, new, period
+        return Decision(True, limit - len(valid), min(valid) + period, new, period)
     # token bucket
     rate = limit / period
     if _is(state, "token-bucket"):
@@ -211,11 +241,11 @@ def decide(
         tokens = min(float(limit), tokens + elapsed * rate)
     if cost > limit or tokens < cost:
         reset_at = now + math.ceil((limit - tokens) / rate)
-        return False, max(0, math.floor(tokens)), reset_at, None, 0
+        return Decision(False, max(0, math.floor(tokens)), reset_at)
     tokens = tokens - cost
     whole = math.floor(tokens)
     # Keep the fractional token: move lastRefillAt back by the time it took to accrue it
     # (the original floors it away, refilling slower than configured).
     carried = math.floor((tokens - whole) / rate)
     bucket = {"type": "token-bucket", "remainingTokens": whole, "lastRefillAt": now - carried}
-    return True, whole, now + math.ceil((limit - tokens) / rate), bucket, period
+    return Decision(True, whole, now + math.ceil((limit - tokens) / rate), bucket, period)

@@ -1,10 +1,12 @@
 """`rate_limit.consume` (atomic check-and-consume), plus the original's `check` and
 `increment`, over any bantai storage.
 
-On a Redis storage, `consume` is one Lua script, one round trip, no lock, with the time
-from Redis `TIME` (or an injected clock). On the memory storages it is the in-process
-equivalent under the key's lease; on any other StorageAdapter it runs through its atomic
-`update`. Every limiter key is written with a TTL.
+A storage may offer a faster, equally atomic way to consume through one internal hook,
+`_bantai_consume(config, key, cost, now)` (a coroutine function on asyncio storages): the
+Redis adapters run one Lua script, one round trip, no lock, with the time from Redis
+`TIME` (`now` = 0) or an injected clock. Every other storage — the memory storages, any
+third-party `StorageAdapter` — runs the same decision inside its own atomic `update`.
+Every limiter key is written with a TTL.
 """
 
 from __future__ import annotations
@@ -13,33 +15,20 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bantai.errors import InvalidOptionError, UpdateOutcomeUnknownError
+from bantai.errors import InvalidKeyError, InvalidOptionError
 from bantai.ratelimit.algorithms import (
+    MAX_COUNT,
     RateLimitConfig,
     RateLimitResult,
     check_cost,
     decide,
     explain,
+    rate_limit_schema,
+    state_key,
     state_validator,
-    storage_schema,
-    window_start,
 )
-from bantai.redis import operations as ops
-from bantai.redis import scripts
-from bantai.redis.async_storage import AsyncRedisStorage
-from bantai.redis.storage import RedisStorage
+from bantai.steps import Call, Operation, run_async, run_sync
 from bantai.storage.inputs import encode_key
-from bantai.storage.memory import AsyncMemoryStorage, MemoryStorage
-from bantai.storage.steps import (
-    CallUpdater,
-    Operation,
-    Sleep,
-    lock_deadline,
-    lock_timeout_error,
-    retry_pause,
-    run_async,
-    run_sync,
-)
 
 Clock = Callable[[], int]
 ConfigLike = RateLimitConfig | Mapping[str, Any]
@@ -53,7 +42,7 @@ __all__ = [
     "consume_async",
     "increment",
     "increment_async",
-    "storage_schema",
+    "rate_limit_schema",
 ]
 
 
@@ -63,7 +52,7 @@ def wall_clock_ms() -> int:
 
 def _now(clock: Clock | None, default: int | None) -> int:
     """The time from an injected clock (checked: epoch milliseconds as an int), else
-    `default` (0 = the Redis server's clock), else the wall clock."""
+    `default` (0 = the storage's own clock), else the wall clock."""
     if clock is None:
         return wall_clock_ms() if default is None else default
     now = clock()
@@ -77,13 +66,9 @@ def _now(clock: Clock | None, default: int | None) -> int:
 def _key(config: RateLimitConfig, key: str | None) -> str:
     chosen = key if key is not None else config.key
     if not chosen:
-        raise ValueError("a rate limit needs a key (config 'key' or the key argument)")
+        raise InvalidKeyError("a rate limit needs a key (config 'key' or the key argument)")
     encode_key(chosen)
     return chosen
-
-
-def _state_key(config: RateLimitConfig, key: str, now: int) -> str:
-    return f"{key}:{window_start(config, now)}" if config.type == "fixed-window" else key
 
 
 def _normalise(current: Any) -> Any:
@@ -95,74 +80,28 @@ def _normalise(current: Any) -> Any:
     return state_validator.validate_python(current)
 
 
-# --- the Redis path: one script ----------------------------------------------------------
-
-
-def _redis_consume(
-    ctx: ops.Context[Any], config: RateLimitConfig, key: str, cost: int, now: int
-) -> Operation[RateLimitResult]:
-    redis_key = ctx.layout.value_key(encode_key(key))
-    args = (config.type, config.limit, config.period_ms, cost, now)
-    deadline = lock_deadline(ctx.options)
-    while True:
-        try:
-            (reply,) = yield ops.RoundTrip(
-                (ops.evalsha(scripts.RATE_LIMIT, (redis_key,), args),), retry_safe=False
-            )
-        except ops.ReplyLost as lost:
-            raise UpdateOutcomeUnknownError(
-                f"rate limit consume on {key!r} was sent but its reply was lost; the request "
-                "may or may not have been counted",
-                keys=(key,),
-            ) from lost.__cause__
-        entry = ops.check_reply(reply, (key,))
-        if entry[0] == 1:
-            return explain(config, entry[1] == 1, entry[2], entry[3], cost)
-        pause = retry_pause(ctx.options, deadline)  # an original-style increment holds it
-        if pause <= 0:
-            raise lock_timeout_error(ctx.options, (key,))
-        yield Sleep(pause)
-
-
-# --- every other storage: the same decision inside an atomic update ----------------------
-
-
-def _updater(config: RateLimitConfig, now: int, cost: int, box: list[RateLimitResult]) -> Any:
-    def update(current: Any) -> Any:
-        allowed, remaining, reset_at, new, ttl = decide(config, _normalise(current), now, cost)
-        box.append(explain(config, allowed, remaining, reset_at, cost))
-        return None if new is None else {"value": new, "ttl_ms": ttl}
-
-    return update
+def _plan(
+    config: ConfigLike, cost: int | None, key: str | None
+) -> tuple[RateLimitConfig, int, str]:
+    cfg = RateLimitConfig.parse(config)
+    return cfg, check_cost(cfg.cost if cost is None else cost), _key(cfg, key)
 
 
 def _consume_op(
-    storage: Any, config: ConfigLike, cost: int | None, key: str | None, clock: Clock | None
+    storage: Any, cfg: RateLimitConfig, spend: int, full_key: str, now: int
 ) -> Operation[RateLimitResult]:
-    """One operation for every kind of storage, run blocking or on asyncio."""
-    cfg = RateLimitConfig.parse(config)
-    spend = check_cost(cfg.cost if cost is None else cost)
-    full_key = _key(cfg, key)
-    if isinstance(storage, (RedisStorage, AsyncRedisStorage)):
-        return _redis_consume(storage._ctx, cfg, full_key, spend, _now(clock, 0))
-    now = _now(clock, None)
-    box: list[RateLimitResult] = []
-    updater = _updater(cfg, now, spend, box)
-    state_key = _state_key(cfg, full_key, now)
-    if isinstance(storage, (MemoryStorage, AsyncMemoryStorage)):
-        inner: Operation[Any] = storage._core.update_op([state_key], updater, keyed=False)
-    else:  # any other StorageAdapter: its own atomic update (awaited when async)
-        inner = _call(storage.update, state_key, updater)
-    return _boxed(inner, box)
+    """The decision inside the storage's own atomic `update` (awaited when it is async)."""
+    decided: list[RateLimitResult] = []
 
+    def update(current: Any) -> Any:
+        decision = decide(cfg, _normalise(current), now, spend)
+        decided.append(explain(cfg, decision.allowed, decision.remaining, decision.reset_at, spend))
+        if decision.state is None:
+            return None
+        return {"value": decision.state, "ttl_ms": decision.ttl_ms}
 
-def _call(fn: Callable[..., Any], *args: Any) -> Operation[Any]:
-    return (yield CallUpdater(fn, args))
-
-
-def _boxed(op: Operation[Any], box: list[RateLimitResult]) -> Operation[RateLimitResult]:
-    yield from op
-    return box[-1]
+    yield Call(storage.update, (state_key(cfg, full_key, now), update))
+    return decided[-1]
 
 
 def consume(
@@ -176,8 +115,11 @@ def consume(
     """Atomically check and count one request of `cost` (default: the config's cost)
     against a blocking storage. Never admits more than the limit, however many processes
     share the storage."""
-    io = storage._driver.round_trip if isinstance(storage, RedisStorage) else None
-    return run_sync(_consume_op(storage, config, cost, key, clock), io)
+    cfg, spend, full_key = _plan(config, cost, key)
+    hook = getattr(storage, "_bantai_consume", None)
+    if hook is not None:
+        return hook(cfg, full_key, spend, _now(clock, 0))  # type: ignore[no-any-return]
+    return run_sync(_consume_op(storage, cfg, spend, full_key, _now(clock, None)))
 
 
 async def consume_async(
@@ -189,8 +131,11 @@ async def consume_async(
     clock: Clock | None = None,
 ) -> RateLimitResult:
     """`consume` for asyncio storages."""
-    io = storage._driver.round_trip if isinstance(storage, AsyncRedisStorage) else None
-    return await run_async(_consume_op(storage, config, cost, key, clock), io)
+    cfg, spend, full_key = _plan(config, cost, key)
+    hook = getattr(storage, "_bantai_consume", None)
+    if hook is not None:
+        return await hook(cfg, full_key, spend, _now(clock, 0))  # type: ignore[no-any-return]
+    return await run_async(_consume_op(storage, cfg, spend, full_key, _now(clock, None)))
 
 
 # --- the original's two-step API (kept for compatibility; racy by design) ----------------
@@ -202,12 +147,12 @@ def _at(
     """The parsed config, the time, and the storage key of the state that time reads."""
     cfg = RateLimitConfig.parse(config)
     now = _now(clock, None)
-    return cfg, now, _state_key(cfg, _key(cfg, key), now)
+    return cfg, now, state_key(cfg, _key(cfg, key), now)
 
 
 def _check_result(cfg: RateLimitConfig, current: Any, now: int) -> RateLimitResult:
-    allowed, remaining, reset_at, _, _ = decide(cfg, _normalise(current), now, cfg.cost)
-    return explain(cfg, allowed, remaining, reset_at, cfg.cost)
+    decision = decide(cfg, _normalise(current), now, cfg.cost)
+    return explain(cfg, decision.allowed, decision.remaining, decision.reset_at, cfg.cost)
 
 
 def check(
@@ -216,15 +161,16 @@ def check(
     """Read-only: would a request be admitted now? (The original's `checkRateLimit`.)
     Check-then-increment is not atomic: concurrent requests can be over-admitted; use
     `consume`."""
-    cfg, now, state_key = _at(config, key, clock)
-    return _check_result(cfg, storage.get(state_key), now)
+    cfg, now, at = _at(config, key, clock)
+    return _check_result(cfg, storage.get(at), now)
 
 
 async def check_async(
     storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
 ) -> RateLimitResult:
-    cfg, now, state_key = _at(config, key, clock)
-    return _check_result(cfg, await storage.get(state_key), now)
+    """`check` for asyncio storages."""
+    cfg, now, at = _at(config, key, clock)
+    return _check_result(cfg, await storage.get(at), now)
 
 
 def _increment_updater(cfg: RateLimitConfig, now: int) -> Any:
@@ -233,12 +179,14 @@ def _increment_updater(cfg: RateLimitConfig, now: int) -> Any:
     loose = (
         cfg
         if cfg.type == "token-bucket"
-        else RateLimitConfig(cfg.type, 2**62, cfg.period_ms, cfg.cost, cfg.key)
+        else RateLimitConfig(cfg.type, MAX_COUNT, cfg.period_ms, cfg.cost, cfg.key)
     )
 
     def update(current: Any) -> Any:
-        _, _, _, new, ttl = decide(loose, _normalise(current), now, cfg.cost)
-        return None if new is None else {"value": new, "ttl_ms": ttl}
+        decision = decide(loose, _normalise(current), now, cfg.cost)
+        if decision.state is None:
+            return None
+        return {"value": decision.state, "ttl_ms": decision.ttl_ms}
 
     return update
 
@@ -247,12 +195,13 @@ def increment(
     storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
 ) -> None:
     """Count one request (the original's `incrementRateLimit`), through `update`."""
-    cfg, now, state_key = _at(config, key, clock)
-    storage.update(state_key, _increment_updater(cfg, now))
+    cfg, now, at = _at(config, key, clock)
+    storage.update(at, _increment_updater(cfg, now))
 
 
 async def increment_async(
     storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
 ) -> None:
-    cfg, now, state_key = _at(config, key, clock)
-    await storage.update(state_key, _increment_updater(cfg, now))
+    """`increment` for asyncio storages."""
+    cfg, now, at = _at(config, key, clock)
+    await storage.update(at, _increment_updater(cfg, now))

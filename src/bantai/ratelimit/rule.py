@@ -18,7 +18,7 @@ from bantai.core.results import deny
 from bantai.core.rules import Evaluate, Hook, Rule, RuleContext, define_rule
 from bantai.errors import InvalidOptionError
 from bantai.ratelimit import rate_limit
-from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, storage_schema
+from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, rate_limit_schema
 from bantai.storage.memory import create_memory_storage
 from bantai.storage.with_storage import with_storage
 
@@ -48,16 +48,16 @@ def with_rate_limit(
     default_values: Mapping[str, Any] | None = None,
 ) -> Context:
     """Extend `context` for rate-limit rules: limiter state goes to `storage` (a storage
-    created with `rate_limit.storage_schema`; the in-memory storage by default), the input
+    created with `rate_limit_schema`; the in-memory storage by default), the input
     may carry a `rate_limit` section (type, limit, period, cost, key) over
     `default_values`, and `generate_key(input)` names the limited subject."""
-    limiter_storage = storage if storage is not None else create_memory_storage(storage_schema)
+    limiter_storage = storage if storage is not None else create_memory_storage(rate_limit_schema)
     defaults = _check_section(default_values)
     tools = SimpleNamespace(
         check=rate_limit.check,
         increment=rate_limit.increment,
         consume=rate_limit.consume,
-        storage_schema=storage_schema,
+        schema=rate_limit_schema,
         generate_key=generate_key,
         storage=limiter_storage,
     )

@@ -57,7 +57,7 @@ from bantai.redis.round_trip import (
     round_trip,
 )
 from bantai.redis.speedups import Multiplexer, pack_commands
-from bantai.storage.steps import Operation, run_async
+from bantai.steps import Operation, run_async
 
 R = TypeVar("R")
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from bantai.codec import codec_for
 from bantai.errors import InvalidOptionError
+from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
 from bantai.redis.async_driver import AsyncDriver
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.storage import connection_source
-from bantai.storage.codec import codec_for
 from bantai.storage.inputs import TTL, Key
-from bantai.storage.options import StorageOptions
+from bantai.storage.options import RedisStorageOptions, StorageOptions
 
 T = TypeVar("T")
 
@@ -33,7 +35,7 @@ class AsyncRedisStorage(Generic[T]):
         *,
         owns_client: bool = False,
     ) -> None:
-        self.options = StorageOptions.coerce(options)
+        self.options = RedisStorageOptions.coerce(options)
         if self.options.busy_poll_us:
             raise InvalidOptionError(
                 "busy_poll_us applies to the blocking adapter only (asyncio never spins)"
@@ -46,48 +48,55 @@ class AsyncRedisStorage(Generic[T]):
             layout: KeyLayout = ClusterKeyLayout(self.options.prefix_bytes)
         else:
             layout = KeyLayout(self.options.prefix_bytes)
-        self._ctx: ops.Context[T] = ops.Context(layout, codec_for(schema), self.options)
+        self._setup: ops.Setup[T] = ops.Setup(layout, codec_for(schema), self.options)
 
     @property
     def client(self) -> redis.asyncio.Redis | AsyncRedisCluster:
         return self._client
 
     async def get(self, key: Key) -> T | None:
-        ctx = self._ctx
-        return ops.get_reply(ctx, key, await self._driver.call(ops.get_request(ctx, key)))
+        setup = self._setup
+        return ops.get_reply(setup, key, await self._driver.call(ops.get_request(setup, key)))
 
     async def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
-        ctx = self._ctx
-        request = ops.set_request(ctx, key, value, ttl_ms)
-        ops.written_reply(ctx, key, await self._driver.call(request, write=True))
+        setup = self._setup
+        request = ops.set_request(setup, key, value, ttl_ms)
+        ops.written_reply(setup, key, await self._driver.call(request, write=True))
 
     async def delete(self, key: Key) -> None:
-        ctx = self._ctx
-        request = ops.delete_request(ctx, key)
-        ops.written_reply(ctx, key, await self._driver.call(request, write=True))
+        setup = self._setup
+        request = ops.delete_request(setup, key)
+        ops.written_reply(setup, key, await self._driver.call(request, write=True))
 
     async def append(self, key: Key, item: Any) -> None:
-        await self._driver.run(ops.append(self._ctx, key, item))
+        await self._driver.run(ops.append(self._setup, key, item))
 
     async def update(self, key: Key, updater: Callable[[T | None], Any]) -> T | None:
-        op = ops.update(self._ctx, key, updater)
+        op = ops.update(self._setup, key, updater)
         return await self._driver.run(op)
 
     async def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
-        return await self._driver.run(ops.get_many(self._ctx, keys))
+        return await self._driver.run(ops.get_many(self._setup, keys))
 
     async def set_many(
         self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
     ) -> None:
-        await self._driver.run(ops.set_many(self._ctx, items, ttl_ms))
+        await self._driver.run(ops.set_many(self._setup, items, ttl_ms))
 
     async def delete_many(self, keys: Iterable[Key]) -> None:
-        await self._driver.run(ops.delete_many(self._ctx, keys))
+        await self._driver.run(ops.delete_many(self._setup, keys))
 
     async def update_many(
         self, keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
     ) -> dict[Key, T | None]:
-        return await self._driver.run(ops.update_many(self._ctx, keys, updater))
+        return await self._driver.run(ops.update_many(self._setup, keys, updater))
+
+    async def _bantai_consume(
+        self, config: RateLimitConfig, key: str, cost: int, now: int
+    ) -> RateLimitResult:
+        """Internal hook of `rate_limit.consume_async`: one Lua script, one round trip."""
+        op = ops.consume(self._setup, config, key, cost, now, time.time_ns() // 1_000_000)
+        return await self._driver.run(op)
 
     async def close(self) -> None:
         """Close the shared connection, and the client if the adapter created it. Later
@@ -116,7 +125,7 @@ def create_async_redis_storage(
     )
     if client is not None:
         return AsyncRedisStorage(client, schema, options)
-    storage_options = StorageOptions.coerce(options)  # check before opening anything
+    storage_options = RedisStorageOptions.coerce(options)  # check before opening anything
     return AsyncRedisStorage(
         redis.asyncio.Redis.from_url(url), schema, storage_options, owns_client=True
     )

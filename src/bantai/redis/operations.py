@@ -1,14 +1,10 @@
-"""Every adapter operation, written once and without I/O.
+"""Every Redis adapter operation, written once and without I/O.
 
-An operation is a generator. It yields *steps* and receives their results:
-
-- `RoundTrip(commands)` — send the commands back to back, receive one reply per command
-  (error replies arrive as exception instances, not raised, so a batch reads past them);
-  what happens when a round trip does not simply succeed (NOSCRIPT, redirects, lost
-  replies) is the round-trip policy's business (`round_trip`), not the operation's;
-- `Sleep(seconds)` — wait before retrying a busy lock;
-- `CallUpdater(fn, args)` — call the user's updater (the asyncio driver awaits it if it
-  returns an awaitable).
+An operation is a step generator (see `bantai.steps`): besides `Sleep` and `Call` it
+yields `RoundTrip(commands)` — send the commands back to back, receive one reply per
+command (error replies arrive as exception instances, in place, so a batch reads past
+them). What happens when a round trip does not simply succeed (NOSCRIPT, redirects, lost
+replies) is the round-trip policy's business (`round_trip`), not the operation's.
 
 If a step fails, the driver throws the exception into the generator at the `yield`, so
 the operation itself decides what a failure means (release the lock, report an ambiguous
@@ -21,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bantai.codec import ValueCodec
 from bantai.errors import (
     LockLostError,
     LockTimeoutError,
@@ -36,11 +33,12 @@ from bantai.errors import (
     WriteOutcomeUnknownError,
     WrongTypeError,
 )
+from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, explain, state_key
 from bantai.redis import scripts
 from bantai.redis.keys import KeyLayout
 from bantai.redis.round_trip import Command, ReplyLost, RoundTrip
 from bantai.redis.speedups import new_token
-from bantai.storage.codec import ValueCodec
+from bantai.steps import Operation
 from bantai.storage.inputs import (
     Key,
     appending,
@@ -48,47 +46,40 @@ from bantai.storage.inputs import (
     check_updater,
     encode_key,
     ttl_to_ms,
-    unpack_update_result,
 )
+from bantai.storage.locking import shown_keys, until_free
 from bantai.storage.options import StorageOptions
-from bantai.storage.steps import (
-    CallUpdater,
-    Sleep,
-    lock_deadline,
-    lock_timeout_error,
-    retry_pause,
-    shown_keys,
-)
+from bantai.storage.updates import plan_updates
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 Arg = bytes | str | int
 
-Step = RoundTrip | Sleep | CallUpdater
-Operation = Generator[Step, Any, R]
 
-
-@dataclass(frozen=True, slots=True)
-class Context(Generic[T]):
-    """What an operation needs besides its arguments (one per adapter instance)."""
+@dataclass(slots=True)
+class Setup(Generic[T]):
+    """An adapter's setup: what every operation needs besides its arguments (one per
+    adapter instance)."""
 
     layout: KeyLayout
     codec: ValueCodec[T]
     options: StorageOptions
     # One-time checks already done for this adapter (e.g. the eviction policy).
     done: set[str] = field(default_factory=set)
+    # Server clock minus this client's, learned from the rate-limit script (ms): the
+    # client names the fixed window it expects, so the guess is right first time.
+    clock_offset_ms: int = 0
 
 
 _log = logging.getLogger("bantai")
 _SAFE_POLICIES = (b"noeviction",)
 
 
-def warn_if_locks_evictable(ctx: Context[Any]) -> Operation[None]:
+def warn_if_locks_evictable(setup: Setup[Any]) -> Operation[None]:
     """Once per adapter, before its first lock: warn when the server's eviction policy may
     evict lock keys (they carry a TTL), which would let two holders in at once. A server
     that refuses CONFIG GET (ACL) is not second-guessed."""
-    if "eviction-policy" in ctx.done:
+    if "eviction-policy" in setup.done:
         return
     # The check is made again by the next update when this one cannot reach the server.
     # A connection error is not the update's business (on a cluster the check goes to the
@@ -98,7 +89,7 @@ def warn_if_locks_evictable(ctx: Context[Any]) -> Operation[None]:
         (reply,) = yield RoundTrip(((b"CONFIG", b"GET", b"maxmemory-policy"),))
     except RedisConnectionError:
         return
-    ctx.done.add("eviction-policy")
+    setup.done.add("eviction-policy")
     if isinstance(reply, dict):  # RESP3 map
         policy = next(iter(reply.values()), None)
     elif isinstance(reply, list) and len(reply) == 2:
@@ -155,26 +146,26 @@ def check_reply(reply: Any, keys: Sequence[Key]) -> Any:
 # calls without a second copy of their logic.
 
 
-def get_request(ctx: Context[T], key: Key) -> Command:
-    return (b"GET", ctx.layout.value_key(encode_key(key)))
+def get_request(setup: Setup[T], key: Key) -> Command:
+    return (b"GET", setup.layout.value_key(encode_key(key)))
 
 
-def get_reply(ctx: Context[T], key: Key, reply: Any) -> T | None:
-    return ctx.codec.decode(check_reply(reply, (key,)), key)
+def get_reply(setup: Setup[T], key: Key, reply: Any) -> T | None:
+    return setup.codec.decode(check_reply(reply, (key,)), key)
 
 
-def set_request(ctx: Context[T], key: Key, value: object, ttl_ms: object = None) -> Command:
-    redis_key = ctx.layout.value_key(encode_key(key))
+def set_request(setup: Setup[T], key: Key, value: object, ttl_ms: object = None) -> Command:
+    redis_key = setup.layout.value_key(encode_key(key))
     ttl = ttl_to_ms(ttl_ms)
-    _, data = ctx.codec.encode(value, key)
+    _, data = setup.codec.encode(value, key)
     return (b"SET", redis_key, data) if ttl is None else (b"SET", redis_key, data, b"PX", ttl)
 
 
-def delete_request(ctx: Context[T], key: Key) -> Command:
-    return (b"DEL", ctx.layout.value_key(encode_key(key)))
+def delete_request(setup: Setup[T], key: Key) -> Command:
+    return (b"DEL", setup.layout.value_key(encode_key(key)))
 
 
-def written_reply(ctx: Context[T], key: Key, reply: Any) -> None:
+def written_reply(setup: Setup[T], key: Key, reply: Any) -> None:
     """The reply of a `set` / `delete` (its request is a write: never resent)."""
     check_reply(reply, (key,))
 
@@ -188,29 +179,29 @@ def _write(commands: Sequence[Command], what: str, keys: Sequence[Key]) -> Opera
         raise lost_write(what, keys, lost) from lost.__cause__
 
 
-def get(ctx: Context[T], key: Key) -> Operation[T | None]:
-    (reply,) = yield RoundTrip((get_request(ctx, key),))
-    return get_reply(ctx, key, reply)
+def get(setup: Setup[T], key: Key) -> Operation[T | None]:
+    (reply,) = yield RoundTrip((get_request(setup, key),))
+    return get_reply(setup, key, reply)
 
 
-def set_(ctx: Context[T], key: Key, value: object, ttl_ms: object = None) -> Operation[None]:
-    (reply,) = yield from _write((set_request(ctx, key, value, ttl_ms),), "set", (key,))
-    written_reply(ctx, key, reply)
+def set_(setup: Setup[T], key: Key, value: object, ttl_ms: object = None) -> Operation[None]:
+    (reply,) = yield from _write((set_request(setup, key, value, ttl_ms),), "set", (key,))
+    written_reply(setup, key, reply)
 
 
-def delete(ctx: Context[T], key: Key) -> Operation[None]:
-    (reply,) = yield from _write((delete_request(ctx, key),), "delete", (key,))
-    written_reply(ctx, key, reply)
+def delete(setup: Setup[T], key: Key) -> Operation[None]:
+    (reply,) = yield from _write((delete_request(setup, key),), "delete", (key,))
+    written_reply(setup, key, reply)
 
 
-def get_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[dict[Key, T | None]]:
+def get_many(setup: Setup[T], keys: Iterable[Key]) -> Operation[dict[Key, T | None]]:
     key_list = check_keys(keys, unique=False)
     if not key_list:
         return {}
     # Pipelined GETs rather than MGET: MGET answers nil for a key holding a hash or list,
     # which would pass for "absent"; a GET each reports WRONGTYPE for exactly that key.
-    replies = yield RoundTrip([(b"GET", ctx.layout.value_key(encode_key(k))) for k in key_list])
-    decode = ctx.codec.decode
+    replies = yield RoundTrip([(b"GET", setup.layout.value_key(encode_key(k))) for k in key_list])
+    decode = setup.codec.decode
     return {
         key: decode(check_reply(raw, (key,)), key)
         for key, raw in zip(key_list, replies, strict=True)
@@ -218,17 +209,17 @@ def get_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[dict[Key, T | No
 
 
 def set_many(
-    ctx: Context[T], items: Mapping[Key, object] | Iterable[tuple[Key, object]], ttl_ms: object
+    setup: Setup[T], items: Mapping[Key, object] | Iterable[tuple[Key, object]], ttl_ms: object
 ) -> Operation[None]:
     pairs = list(items.items() if isinstance(items, Mapping) else items)
     key_list = check_keys([k for k, _ in pairs], unique=True)
     ttl = ttl_to_ms(ttl_ms)
     # Validate and encode everything before building a single command: one bad value
     # means nothing is written.
-    datas = [ctx.codec.encode(v, k)[1] for k, v in pairs]
-    redis_keys = [ctx.layout.value_key(encode_key(k)) for k in key_list]
+    datas = [setup.codec.encode(v, k)[1] for k, v in pairs]
+    redis_keys = [setup.layout.value_key(encode_key(k)) for k in key_list]
     commands: list[Command] = []
-    for group in ctx.layout.groups(redis_keys):
+    for group in setup.layout.groups(redis_keys):
         if ttl is None:
             mset: list[Arg] = [b"MSET"]
             for i in group:
@@ -246,10 +237,10 @@ def set_many(
         check_reply(reply, key_list)
 
 
-def delete_many(ctx: Context[T], keys: Iterable[Key]) -> Operation[None]:
+def delete_many(setup: Setup[T], keys: Iterable[Key]) -> Operation[None]:
     key_list = check_keys(keys, unique=False)
-    redis_keys = [ctx.layout.value_key(encode_key(k)) for k in key_list]
-    groups = ctx.layout.groups(redis_keys)
+    redis_keys = [setup.layout.value_key(encode_key(k)) for k in key_list]
+    groups = setup.layout.groups(redis_keys)
     if not groups:
         return
     commands: list[Command] = [(b"DEL", *(redis_keys[i] for i in g)) for g in groups]
@@ -270,7 +261,7 @@ def _unanswered(failure: BaseException | None) -> bool:
 
 
 def _release(
-    ctx: Context[Any],
+    setup: Setup[Any],
     lock_keys: Sequence[bytes],
     token: bytes,
     after: BaseException | None = None,
@@ -281,14 +272,14 @@ def _release(
         return
     commands = [
         evalsha(scripts.RELEASE, [lock_keys[i] for i in group], (token,))
-        for group in ctx.layout.groups(lock_keys)
+        for group in setup.layout.groups(lock_keys)
     ]
     with contextlib.suppress(Exception):
         yield RoundTrip(commands, background=_unanswered(after))
 
 
 def _acquire(
-    ctx: Context[Any],
+    setup: Setup[Any],
     keys: Sequence[Key],
     value_keys: Sequence[bytes],
     lock_keys: Sequence[bytes],
@@ -298,40 +289,36 @@ def _acquire(
     script takes all of its locks or none, and when any group was busy the groups that
     were taken are released before the jittered pause. A caller never waits while holding
     a lock, so overlapping batches cannot deadlock (no hold-and-wait)."""
-    lock_ttl = ctx.options.lock_ttl_ms
-    deadline = lock_deadline(ctx.options)
-    groups = ctx.layout.groups(value_keys)
+    groups = setup.layout.groups(value_keys)
     commands = []
     for group in groups:
         pairs: list[bytes] = []
         for i in group:
             pairs += (value_keys[i], lock_keys[i])
-        commands.append(evalsha(scripts.ACQUIRE, pairs, (token, lock_ttl)))
-    raw_values: list[bytes | str | None] = [None] * len(keys)
-    while True:
+        commands.append(evalsha(scripts.ACQUIRE, pairs, (token, setup.options.lock_ttl_ms)))
+
+    def attempt() -> Operation[tuple[bool, list[bytes | str | None], list[Key]]]:
         replies = yield RoundTrip(commands)
-        busy: list[int] = []
+        raw_values: list[bytes | str | None] = [None] * len(keys)
+        busy: list[Key] = []
         taken = False
         for group, reply in zip(groups, replies, strict=True):
             entries = check_reply(reply, [keys[i] for i in group])
             if entries[0][0] != 1:  # the script took all of the group's locks or none
-                busy += [i for i, entry in zip(group, entries, strict=True) if entry[0] == 0]
+                busy += [keys[i] for i, e in zip(group, entries, strict=True) if e[0] == 0]
                 continue
             taken = True
             for index, entry in zip(group, entries, strict=True):
                 raw_values[index] = entry[1] if len(entry) > 1 else None
-        if not busy:
-            return raw_values
-        if taken:
-            yield from _release(ctx, lock_keys, token)
-        pause = retry_pause(ctx.options, deadline)
-        if pause <= 0:
-            raise lock_timeout_error(ctx.options, [keys[i] for i in busy])
-        yield Sleep(pause)
+        if busy and taken:
+            yield from _release(setup, lock_keys, token)
+        return not busy, raw_values, busy
+
+    return (yield from until_free(setup.options, attempt))
 
 
 def locked_update(
-    ctx: Context[T], keys: Sequence[Key], updater: Callable[..., Any], *, keyed: bool
+    setup: Setup[T], keys: Sequence[Key], updater: Callable[..., Any], *, keyed: bool
 ) -> Operation[list[T | None]]:
     """Lock every key, read, run the updater in the client, validate, then commit all keys
     of a group atomically in one script that checks the locks still hold our token.
@@ -339,28 +326,15 @@ def locked_update(
     Returns the new values (the current value where the updater wrote nothing)."""
     check_updater(updater)
     raw_keys = [encode_key(k) for k in keys]
-    value_keys = [ctx.layout.value_key(k) for k in raw_keys]
-    lock_keys = [ctx.layout.lock_key(k) for k in raw_keys]
-    yield from warn_if_locks_evictable(ctx)
+    value_keys = [setup.layout.value_key(k) for k in raw_keys]
+    lock_keys = [setup.layout.lock_key(k) for k in raw_keys]
+    yield from warn_if_locks_evictable(setup)
     token = new_token()
-    plans: list[tuple[bytes, bytes, int | str]] = []
-    results: list[T | None] = []
     acquired = False
     try:
-        raw_values = yield from _acquire(ctx, keys, value_keys, lock_keys, token)
+        raw_values = yield from _acquire(setup, keys, value_keys, lock_keys, token)
         acquired = True
-        for key, raw in zip(keys, raw_values, strict=True):
-            current = ctx.codec.decode(raw, key)
-            returned = yield CallUpdater(updater, (key, current) if keyed else (current,))
-            unpacked = unpack_update_result(returned, key)
-            if unpacked is None:
-                plans.append((b"none", b"", ""))
-                results.append(current)
-                continue
-            value, ttl = unpacked
-            validated, data = ctx.codec.encode(value, key)
-            plans.append((b"keep", data, "") if ttl is None else (b"px", data, ttl))
-            results.append(validated)
+        plans = yield from plan_updates(setup.codec, keys, raw_values, updater, keyed=keyed)
     except GeneratorExit:
         raise  # the generator is being closed: no more steps may be yielded
     except BaseException as exc:
@@ -368,17 +342,23 @@ def locked_update(
         # corrupt: release at once (not after lock_ttl_ms) and let the error propagate. A
         # lock timeout holds nothing (acquiring is all or nothing): no release to send.
         if acquired or not isinstance(exc, LockTimeoutError):
-            yield from _release(ctx, lock_keys, token, after=exc)
+            yield from _release(setup, lock_keys, token, after=exc)
         raise
 
     commands = []
-    groups = ctx.layout.groups(value_keys)
+    groups = setup.layout.groups(value_keys)
     for group in groups:
         pairs: list[bytes] = []
         args: list[Arg] = [token]
         for i in group:
             pairs += (value_keys[i], lock_keys[i])
-            args += plans[i]
+            plan = plans[i]
+            if plan.data is None:
+                args += (b"none", b"", b"")
+            elif plan.ttl_ms is None:
+                args += (b"keep", plan.data, b"")
+            else:
+                args += (b"px", plan.data, plan.ttl_ms)
         commands.append(evalsha(scripts.COMMIT, pairs, args))
     try:
         replies = yield RoundTrip(commands, retry_safe=False)
@@ -387,7 +367,7 @@ def locked_update(
         # if it is still queued somewhere, it will find the lock gone and write nothing.
         # Either way the outcome is settled once the release is through, and the lock does
         # not block others until its TTL.
-        yield from _release(ctx, lock_keys, token, after=lost)
+        yield from _release(setup, lock_keys, token, after=lost)
         raise UpdateOutcomeUnknownError(
             f"commit of {shown_keys(keys)} was sent but its reply was lost "
             f"({lost.__cause__!r}); the write may or may not have happened",
@@ -396,7 +376,7 @@ def locked_update(
     except GeneratorExit:
         raise
     except BaseException as exc:
-        yield from _release(ctx, lock_keys, token, after=exc)
+        yield from _release(setup, lock_keys, token, after=exc)
         raise
     lost_keys: list[Key] = []
     error: BaseException | None = None
@@ -407,73 +387,93 @@ def locked_update(
         lost_keys += [keys[group[i - 1]] for i in reply]
     if error is not None:
         # e.g. OOM: the script was refused before it ran, so the locks are still ours.
-        yield from _release(ctx, lock_keys, token)
+        yield from _release(setup, lock_keys, token)
         check_reply(error, keys)
     if lost_keys:
         raise LockLostError(
-            f"lock on {shown_keys(lost_keys)} expired (lock_ttl_ms={ctx.options.lock_ttl_ms}) "
+            f"lock on {shown_keys(lost_keys)} expired (lock_ttl_ms={setup.options.lock_ttl_ms}) "
             "and was taken by another client before the commit; nothing was written"
             + ("" if len(groups) == 1 else " for their slot groups"),
             keys=lost_keys,
         )
-    return results
+    return [plan.value for plan in plans]
 
 
-def update(ctx: Context[T], key: Key, updater: Callable[[T | None], Any]) -> Operation[T | None]:
+def update(setup: Setup[T], key: Key, updater: Callable[[T | None], Any]) -> Operation[T | None]:
     encode_key(key)
-    (result,) = yield from locked_update(ctx, (key,), updater, keyed=False)
+    (result,) = yield from locked_update(setup, (key,), updater, keyed=False)
     return result
 
 
 def update_many(
-    ctx: Context[T], keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
+    setup: Setup[T], keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
 ) -> Operation[dict[Key, T | None]]:
     key_list = check_keys(keys, unique=True)
     if not key_list:
         return {}
-    results = yield from locked_update(ctx, key_list, updater, keyed=True)
+    results = yield from locked_update(setup, key_list, updater, keyed=True)
     return dict(zip(key_list, results, strict=True))
 
 
-def append(ctx: Context[T], key: Key, item: object) -> Operation[None]:
+def _script_until_free(
+    setup: Setup[Any], command: Command, key: Key, what: str
+) -> Operation[list[Any]]:
+    """Send a script that answers `{0}` while an update holds the key's lock, until it
+    does not (`append`, `consume`). Its lost reply is an outcome-unknown write."""
+
+    def attempt() -> Operation[tuple[bool, list[Any], tuple[Key]]]:
+        try:
+            (reply,) = yield RoundTrip((command,), retry_safe=False)
+        except ReplyLost as lost:
+            raise UpdateOutcomeUnknownError(
+                f"{what} of key {key!r} was sent but its reply was lost ({lost.__cause__!r}); "
+                "it may or may not have been applied, and it was not resent",
+                keys=(key,),
+            ) from lost.__cause__
+        entry = check_reply(reply, (key,))
+        return entry[0] != 0, entry, (key,)
+
+    return (yield from until_free(setup.options, attempt))
+
+
+def append(setup: Setup[T], key: Key, item: object) -> Operation[None]:
     """Append one item to a stored list, atomically on the server. For lists with length
     limits (where the whole list must be re-validated) it runs as a locked update."""
-    item_codec = ctx.codec.append_item_codec()
+    item_codec = setup.codec.append_item_codec()
     if item_codec is None:
-        yield from locked_update(ctx, (key,), appending(item), keyed=False)
+        yield from locked_update(setup, (key,), appending(item), keyed=False)
         return
     raw_key = encode_key(key)
     _, data = item_codec.encode(item, key)
-    keys = (ctx.layout.value_key(raw_key), ctx.layout.lock_key(raw_key))
-    deadline = lock_deadline(ctx.options)
+    keys = (setup.layout.value_key(raw_key), setup.layout.lock_key(raw_key))
+    command = evalsha(scripts.APPEND, keys, (data,))
+    (status,) = yield from _script_until_free(setup, command, key, "append")
+    if status == -1:
+        raise StoredValueError(
+            f"value stored under key {key!r} is not a JSON array; cannot append", key=key
+        )
+
+
+def consume(
+    setup: Setup[Any], config: RateLimitConfig, key: str, cost: int, now: int, client_now: int
+) -> Operation[RateLimitResult]:
+    """Atomic check-and-consume of a rate limit: one script, one round trip. `now` is the
+    injected clock (0: the server's `TIME`); `client_now` this client's clock, from which
+    it names the fixed window it expects (the script refuses another one and says which
+    window it is, so a client whose clock is off sends once more and learns the offset)."""
+    encode_key(key)
+    assumed = now or client_now + setup.clock_offset_ms
     while True:
-        try:
-            (reply,) = yield RoundTrip((evalsha(scripts.APPEND, keys, (data,)),), retry_safe=False)
-        except ReplyLost as lost:
-            raise UpdateOutcomeUnknownError(
-                f"append to key {key!r} was sent but its reply was lost ({lost.__cause__!r})",
-                keys=(key,),
-            ) from lost.__cause__
-        status = check_reply(reply, (key,))[0]
-        if status == 1:
-            return
-        if status == -1:
-            raise StoredValueError(
-                f"value stored under key {key!r} is not a JSON array; cannot append", key=key
-            )
-        pause = retry_pause(ctx.options, deadline)
-        if pause <= 0:
-            raise lock_timeout_error(ctx.options, (key,))
-        yield Sleep(pause)
-
-
-__all__ = [
-    "CallUpdater",
-    "Command",
-    "Context",
-    "Operation",
-    "ReplyLost",
-    "RoundTrip",
-    "Sleep",
-    "Step",
-]
+        stored = encode_key(state_key(config, key, assumed))
+        keys = (setup.layout.value_key(stored), setup.layout.lock_key(stored))
+        start = assumed // config.period_ms * config.period_ms
+        window = start if config.type == "fixed-window" else 0
+        args = (config.type, config.limit, config.period_ms, cost, now, window)
+        entry = yield from _script_until_free(
+            setup, evalsha(scripts.RATE_LIMIT, keys, args), key, "rate limit consume"
+        )
+        if entry[0] == 1:
+            return explain(config, entry[1] == 1, entry[2], entry[3], cost)
+        # {2, window start, server now}: another window than the one this client named.
+        setup.clock_offset_ms = int(entry[2]) - client_now
+        assumed = int(entry[2])

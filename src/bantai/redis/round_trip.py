@@ -48,7 +48,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.redis import scripts
-from bantai.storage.steps import Sleep
+from bantai.steps import Sleep
 
 Arg = bytes | str | int
 Command = tuple[Arg, ...]

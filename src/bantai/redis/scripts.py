@@ -129,13 +129,17 @@ return {1}
 """,
 )
 
-# KEYS[1] = limiter key   ARGV = type, limit, period_ms, cost, now_ms (0: use server TIME)
+# KEYS[1] = the limiter's state key (for a fixed window: the window's key), KEYS[2] = its
+# lock key — both built by the client (`ratelimit.algorithms.state_key` mapped through the
+# key layout), so every key the script touches is declared (cluster-safe, also during a
+# slot migration).
+# ARGV = type, limit, period_ms, cost, now_ms (0: use server TIME), the window start the
+# client assumed for KEYS[1] (fixed window; 0 otherwise)
 # Atomic check-and-consume for the three limiters; mirrors bantai.ratelimit.algorithms
-# .decide operation for operation (same double arithmetic, same order). A fixed window
-# lives at KEYS[1] .. ':' .. <window start ms> (derived here from the server clock, so it
-# cannot be declared in KEYS; with the cluster layout it shares KEYS[1]'s hash tag).
-# Waits (reply {0}) while an update from the original's check+increment path holds the
-# key's lock. Reply: {1, allowed, remaining, reset_at_ms}.
+# .decide operation for operation (same double arithmetic, same order).
+# Replies: {1, allowed, remaining, reset_at_ms}; {0} while an update from the original's
+# check+increment path holds the key's lock; {2, window start, now} when the client
+# assumed another window than the server's clock says (it sends again with that key).
 RATE_LIMIT = Script.of(
     "rate_limit",
     """
@@ -149,13 +153,13 @@ if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local key = KEYS[1]
 local start = 0
 if kind == 'fixed-window' then
   start = math.floor(now / period) * period
-  key = key .. ':' .. string.format('%d', start)
+  if start ~= tonumber(ARGV[6]) then return {2, start, now} end
 end
-if redis.call('EXISTS', key .. ':lock') == 1 then return {0} end
+local key = KEYS[1]
+if redis.call('EXISTS', KEYS[2]) == 1 then return {0} end
 local raw = redis.call('GET', key)
 local state = nil
 if raw then state = cjson.decode(raw) end

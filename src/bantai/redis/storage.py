@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
 
+from bantai.codec import codec_for
 from bantai.errors import InvalidOptionError
+from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.sync_driver import SyncDriver
-from bantai.storage.codec import codec_for
 from bantai.storage.inputs import TTL, Key
-from bantai.storage.options import StorageOptions
+from bantai.storage.options import RedisStorageOptions, StorageOptions
 from bantai.storage.protocol import KeyedUpdater, Updater
 
 T = TypeVar("T")
@@ -26,7 +28,7 @@ class RedisStorage(Generic[T]):
     Create it with `create_redis_storage`. Thread-safe; one instance per schema and prefix
     is meant to be shared by the whole process."""
 
-    __slots__ = ("_client", "_ctx", "_driver", "_owns_client", "options")
+    __slots__ = ("_client", "_driver", "_owns_client", "_setup", "options")
 
     def __init__(
         self,
@@ -36,7 +38,7 @@ class RedisStorage(Generic[T]):
         *,
         owns_client: bool = False,
     ) -> None:
-        self.options = StorageOptions.coerce(options)
+        self.options = RedisStorageOptions.coerce(options)
         self._client = client
         self._owns_client = owns_client
         self._driver = SyncDriver(client, busy_poll_us=self.options.busy_poll_us)
@@ -44,7 +46,7 @@ class RedisStorage(Generic[T]):
             layout: KeyLayout = ClusterKeyLayout(self.options.prefix_bytes)
         else:
             layout = KeyLayout(self.options.prefix_bytes)
-        self._ctx: ops.Context[T] = ops.Context(layout, codec_for(schema), self.options)
+        self._setup: ops.Setup[T] = ops.Setup(layout, codec_for(schema), self.options)
 
     @property
     def client(self) -> redis.Redis | RedisCluster:
@@ -53,48 +55,55 @@ class RedisStorage(Generic[T]):
 
     def get(self, key: Key) -> T | None:
         """The value stored under `key`, validated, or None when there is none."""
-        ctx = self._ctx
-        return ops.get_reply(ctx, key, self._driver.call(ops.get_request(ctx, key)))
+        setup = self._setup
+        return ops.get_reply(setup, key, self._driver.call(ops.get_request(setup, key)))
 
     def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
         """Validate `value` and store it (with a TTL in ms or as a timedelta, if given)."""
-        ctx = self._ctx
-        request = ops.set_request(ctx, key, value, ttl_ms)
-        ops.written_reply(ctx, key, self._driver.call(request, write=True))
+        setup = self._setup
+        request = ops.set_request(setup, key, value, ttl_ms)
+        ops.written_reply(setup, key, self._driver.call(request, write=True))
 
     def delete(self, key: Key) -> None:
         """Remove `key` (no error if it is absent)."""
-        ctx = self._ctx
-        ops.written_reply(ctx, key, self._driver.call(ops.delete_request(ctx, key), write=True))
+        setup = self._setup
+        ops.written_reply(setup, key, self._driver.call(ops.delete_request(setup, key), write=True))
 
     def append(self, key: Key, item: Any) -> None:
         """Append `item` to the list stored under `key` (list schemas only), atomically and
         keeping the key's TTL; waits for a busy lock like `update`."""
-        self._driver.run(ops.append(self._ctx, key, item))
+        self._driver.run(ops.append(self._setup, key, item))
 
     def update(self, key: Key, updater: Updater[T]) -> T | None:
         """Atomic read-modify-write under a distributed lock; returns the new value (or the
         current one when the updater returns None and nothing is written)."""
-        op = ops.update(self._ctx, key, updater)
+        op = ops.update(self._setup, key, updater)
         return self._driver.run(op)
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
         """Values of several keys in one round trip."""
-        return self._driver.run(ops.get_many(self._ctx, keys))
+        return self._driver.run(ops.get_many(self._setup, keys))
 
     def set_many(
         self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
     ) -> None:
         """Validate every value, then store all of them in one atomic round trip."""
-        self._driver.run(ops.set_many(self._ctx, items, ttl_ms))
+        self._driver.run(ops.set_many(self._setup, items, ttl_ms))
 
     def delete_many(self, keys: Iterable[Key]) -> None:
-        self._driver.run(ops.delete_many(self._ctx, keys))
+        self._driver.run(ops.delete_many(self._setup, keys))
 
     def update_many(self, keys: Iterable[Key], updater: KeyedUpdater[T]) -> dict[Key, T | None]:
         """`update` for several keys: one round trip locks and reads them all (retrying only
         busy ones), `updater(key, current)` runs per key, one atomic round trip commits."""
-        return self._driver.run(ops.update_many(self._ctx, keys, updater))
+        return self._driver.run(ops.update_many(self._setup, keys, updater))
+
+    def _bantai_consume(
+        self, config: RateLimitConfig, key: str, cost: int, now: int
+    ) -> RateLimitResult:
+        """Internal hook of `rate_limit.consume`: one Lua script, one round trip."""
+        op = ops.consume(self._setup, config, key, cost, now, time.time_ns() // 1_000_000)
+        return self._driver.run(op)
 
     def close(self) -> None:
         """Return borrowed connections to the pool, and close the client if the adapter
@@ -123,11 +132,11 @@ def create_redis_storage(
     `redis_options` is ``{"url": "redis://..."}`` (the adapter owns that client; `close()`
     closes it), ``{"client": redis.Redis(...)}`` (yours; a Sentinel `master_for` client
     works too), or a `redis.Redis` directly. `schema` is a pydantic-core CoreSchema, a
-    pydantic model, a `TypeAdapter` or a type. See `StorageOptions` for `options`."""
+    pydantic model, a `TypeAdapter` or a type. See `RedisStorageOptions` for `options`."""
     client, url = connection_source(redis_options, (redis.Redis, RedisCluster), asyncio_api=False)
     if client is not None:
         return RedisStorage(client, schema, options)
-    storage_options = StorageOptions.coerce(options)  # check before opening anything
+    storage_options = RedisStorageOptions.coerce(options)  # check before opening anything
     return RedisStorage(redis.Redis.from_url(url), schema, storage_options, owns_client=True)
 
 

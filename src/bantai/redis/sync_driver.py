@@ -56,7 +56,7 @@ from bantai.redis.round_trip import (
     round_trip,
 )
 from bantai.redis.speedups import Wire
-from bantai.storage.steps import Operation, run_sync
+from bantai.steps import Operation, run_sync
 
 R = TypeVar("R")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+from bantai.codec import Key as Key  # re-exported: the key type of the storage API
 from bantai.errors import (
     InvalidKeyError,
     InvalidTTLError,
@@ -23,7 +24,6 @@ from bantai.errors import (
 
 T = TypeVar("T")
 
-Key = str | bytes
 TTL = int | timedelta
 
 # Redis accepts keys up to 512 MB; nobody means a key that long. A bound keeps one bad call

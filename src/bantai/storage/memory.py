@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
-from bantai.errors import LockLostError, StoredValueError
-from bantai.storage.codec import ValueCodec, codec_for
+from bantai.codec import ValueCodec, codec_for
+from bantai.errors import InvalidOptionError, LockLostError, StoredValueError
+from bantai.steps import Operation, run_async, run_sync
 from bantai.storage.inputs import (
     TTL,
     Key,
@@ -25,20 +26,11 @@ from bantai.storage.inputs import (
     check_updater,
     encode_key,
     ttl_to_ms,
-    unpack_update_result,
 )
+from bantai.storage.locking import until_free
 from bantai.storage.options import StorageOptions
 from bantai.storage.protocol import KeyedUpdater, Updater
-from bantai.storage.steps import (
-    CallUpdater,
-    Operation,
-    Sleep,
-    lock_deadline,
-    lock_timeout_error,
-    retry_pause,
-    run_async,
-    run_sync,
-)
+from bantai.storage.updates import plan_updates
 
 T = TypeVar("T")
 
@@ -51,6 +43,8 @@ class _MemoryCore(Generic[T]):
 
     def __init__(self, schema: object, options: StorageOptions | Mapping[str, Any] | None):
         self.options = StorageOptions.coerce(options)
+        if getattr(self.options, "busy_poll_us", 0):
+            raise InvalidOptionError("busy_poll_us applies to the Redis adapter only")
         self.codec: ValueCodec[T] = codec_for(schema)
         self._prefix = self.options.prefix_bytes
         # stored key -> (JSON bytes, expiry on the monotonic clock or None)
@@ -140,9 +134,10 @@ class _MemoryCore(Generic[T]):
     def _take_leases(
         self, keys: list[Key], skeys: list[bytes], owner: object
     ) -> Operation[list[bytes | None]]:
-        deadline = lock_deadline(self.options)
+        """Lease every key (all or none, like the Redis acquire) and read their values."""
         lease_s = self.options.lock_ttl_ms / 1000.0
-        while True:
+
+        def attempt() -> Operation[tuple[bool, list[bytes | None], list[Key]]]:
             with self._mutex:
                 now = time.monotonic()
                 busy = [
@@ -150,14 +145,14 @@ class _MemoryCore(Generic[T]):
                     for k, s in zip(keys, skeys, strict=True)
                     if not self._lease_free(s, owner, now)
                 ]
-                if not busy:
-                    for skey in skeys:
-                        self._leases[skey] = (owner, now + lease_s)
-                    return [self._read(s, now) for s in skeys]
-            pause = retry_pause(self.options, deadline)
-            if pause <= 0:
-                raise lock_timeout_error(self.options, busy)
-            yield Sleep(pause)
+                if busy:
+                    return False, [], busy
+                for skey in skeys:
+                    self._leases[skey] = (owner, now + lease_s)
+                return True, [self._read(s, now) for s in skeys], []
+            yield  # a generator, like every attempt (never reached)
+
+        return (yield from until_free(self.options, attempt))
 
     def _release(self, skeys: list[bytes], owner: object) -> None:
         with self._mutex:
@@ -173,20 +168,8 @@ class _MemoryCore(Generic[T]):
         skeys = [self.key(k) for k in keys]
         owner = object()  # a token per call, never per thread
         raws = yield from self._take_leases(keys, skeys, owner)
-        plans: list[tuple[bytes, int | None] | None] = []
-        results: list[T | None] = []
         try:
-            for key, raw in zip(keys, raws, strict=True):
-                current = self.codec.decode(raw, key)
-                returned = yield CallUpdater(updater, (key, current) if keyed else (current,))
-                unpacked = unpack_update_result(returned, key)
-                if unpacked is None:
-                    plans.append(None)
-                    results.append(current)
-                    continue
-                validated, data = self.codec.encode(unpacked[0], key)
-                plans.append((data, unpacked[1]))
-                results.append(validated)
+            plans = yield from plan_updates(self.codec, keys, raws, updater, keyed=keyed)
         except BaseException:
             self._release(skeys, owner)
             raise
@@ -201,8 +184,8 @@ class _MemoryCore(Generic[T]):
             ]
             if not lost:
                 for skey, plan in zip(skeys, plans, strict=True):
-                    if plan is not None:
-                        self._write(skey, plan[0], plan[1], now, keep_ttl=plan[1] is None)
+                    if plan.data is not None:
+                        self._write(skey, plan.data, plan.ttl_ms, now, keep_ttl=plan.ttl_ms is None)
         self._release(skeys, owner)
         if lost:
             raise LockLostError(
@@ -210,7 +193,7 @@ class _MemoryCore(Generic[T]):
                 "taken by another caller before the commit; nothing was written",
                 keys=lost,
             )
-        return results
+        return [plan.value for plan in plans]
 
     def append_op(self, key: Key, item: object) -> Operation[None]:
         item_codec = self.codec.append_item_codec()

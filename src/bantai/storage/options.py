@@ -1,13 +1,15 @@
-"""Adapter options: the key prefix and the lock timings (SPEC §2)."""
+"""Storage options: the key prefix and the lock timings, plus the Redis adapters' own."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from bantai.errors import InvalidOptionError
 from bantai.storage.inputs import MAX_TTL_MS
+
+OptionsT = TypeVar("OptionsT", bound="StorageOptions")
 
 # A pause between lock attempts longer than this is a mistake, not a tuning choice.
 MAX_LOCK_RETRY_MS = 60_000
@@ -26,7 +28,7 @@ def _check_ms(name: str, value: object, *, minimum: int, maximum: int = MAX_TTL_
 
 @dataclass(frozen=True, slots=True)
 class StorageOptions:
-    """Options of a storage adapter; invalid values raise `InvalidOptionError` (a
+    """Options of every storage; invalid values raise `InvalidOptionError` (a
     `ValueError`) naming the option.
 
     - `prefix`: prepended to every key (default ``""``).
@@ -34,19 +36,12 @@ class StorageOptions:
     - `lock_ttl_ms`: how long a lock lives if its holder dies (default 10000; must be
       >= `lock_timeout_ms`).
     - `lock_retry_ms`: pause between attempts on a busy lock (default 50, with jitter).
-    - `busy_poll_us`: Redis only. After sending, spin (poll the socket without sleeping)
-      for up to this many microseconds before blocking for the reply (default 0 = off).
-      Saves the thread wake-up latency (often more than half of a loopback round trip on
-      an idle machine) at the price of that much CPU per round trip; the compiled build
-      spins without holding the GIL. Worth it for latency-critical threads with a core
-      to spare; not with many busy threads on few cores. At most 10000.
     """
 
     prefix: str | bytes = ""
     lock_timeout_ms: int = 5000
     lock_ttl_ms: int = 10000
     lock_retry_ms: int = 50
-    busy_poll_us: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, (str, bytes)):
@@ -59,15 +54,6 @@ class StorageOptions:
         _check_ms("lock_timeout_ms", self.lock_timeout_ms, minimum=0)
         _check_ms("lock_ttl_ms", self.lock_ttl_ms, minimum=1)
         _check_ms("lock_retry_ms", self.lock_retry_ms, minimum=1, maximum=MAX_LOCK_RETRY_MS)
-        if (
-            not isinstance(self.busy_poll_us, int)
-            or isinstance(self.busy_poll_us, bool)
-            or not (0 <= self.busy_poll_us <= 10_000)
-        ):
-            raise InvalidOptionError(
-                f"busy_poll_us must be an int from 0 to 10000 (microseconds), "
-                f"not {self.busy_poll_us!r}"
-            )
         if self.lock_ttl_ms < self.lock_timeout_ms:
             raise InvalidOptionError(
                 f"lock_ttl_ms ({self.lock_ttl_ms}) must be >= lock_timeout_ms "
@@ -80,12 +66,14 @@ class StorageOptions:
         return p if isinstance(p, bytes) else p.encode("utf-8")
 
     @classmethod
-    def coerce(cls, options: StorageOptions | Mapping[str, Any] | None) -> StorageOptions:
+    def coerce(cls: type[OptionsT], options: StorageOptions | Mapping[str, Any] | None) -> OptionsT:
         """Accept an instance, a mapping of option names, or None (all defaults)."""
         if options is None:
             return cls()
         if isinstance(options, cls):
             return options
+        if isinstance(options, StorageOptions):  # e.g. plain options for a Redis adapter
+            options = {f.name: getattr(options, f.name) for f in fields(options)}
         if not isinstance(options, Mapping):
             raise InvalidOptionError(
                 f"options must be a mapping or {cls.__name__}, not {type(options).__name__}"
@@ -99,4 +87,28 @@ class StorageOptions:
         return cls(**options)
 
 
-RedisStorageOptions = StorageOptions
+@dataclass(frozen=True, slots=True)
+class RedisStorageOptions(StorageOptions):
+    """The Redis adapters' options: those of `StorageOptions`, plus
+
+    - `busy_poll_us`: blocking adapter only. After sending, spin (poll the socket without
+      sleeping) for up to this many microseconds before blocking for the reply (default
+      0 = off). Saves the thread wake-up latency (often more than half of a loopback round
+      trip on an idle machine) at the price of that much CPU per round trip; the compiled
+      build spins without holding the GIL. Worth it for latency-critical threads with a
+      core to spare; not with many busy threads on few cores. At most 10000.
+    """
+
+    busy_poll_us: int = 0
+
+    def __post_init__(self) -> None:
+        super(RedisStorageOptions, self).__post_init__()
+        if (
+            not isinstance(self.busy_poll_us, int)
+            or isinstance(self.busy_poll_us, bool)
+            or not (0 <= self.busy_poll_us <= 10_000)
+        ):
+            raise InvalidOptionError(
+                f"busy_poll_us must be an int from 0 to 10000 (microseconds), "
+                f"not {self.busy_poll_us!r}"
+            )

@@ -27,7 +27,8 @@ from bantai.errors import (
     StoredValueError,
     UnsupportedOperationError,
 )
-from bantai.storage.inputs import Key
+
+Key = str | bytes
 
 T = TypeVar("T")
 
@@ -69,36 +70,40 @@ class ValueCodec(Generic[T]):
         if items is not None:
             self.item_codec = ValueCodec(items)
 
-    def encode(self, value: object, key: Key) -> tuple[T, bytes]:
-        """Validate `value` and return `(validated value, compact JSON bytes)`."""
+    def validate(self, value: object, *, what: str, key: Key | None = None) -> T:
+        """Validate `value` (described as `what` in the error, e.g. "policy input")."""
         try:
-            validated = self._validator.validate_python(value)
+            return cast(T, self._validator.validate_python(value))
         except ValidationError as exc:
             raise InvalidValueError(
-                f"value for key {key!r} does not match the schema: {_describe(exc)}", key=key
+                f"{what} does not match the schema: {_describe(exc)}", key=key
             ) from None
+
+    def encode(self, value: object, key: Key) -> tuple[T, bytes]:
+        """Validate the value for `key` and return `(validated value, compact JSON bytes)`."""
+        what = f"value for key {key!r}"
+        validated = self.validate(value, what=what, key=key)
         try:
             data: bytes = self._serializer.to_json(validated, by_alias=True)
         except PydanticSerializationError as exc:
             # e.g. an `any` field holding an object JSON has no form for
             raise InvalidValueError(
-                f"value for key {key!r} cannot be serialised as JSON: {exc}", key=key
+                f"{what} cannot be serialised as JSON: {exc}", key=key
             ) from None
         if _NON_FINITE_MARKERS[0] in data or _NON_FINITE_MARKERS[1] in data:
             try:
                 json.loads(data, parse_constant=_reject_constant)
             except ValueError:
                 raise InvalidValueError(
-                    f"value for key {key!r} contains NaN or Infinity, which JSON cannot represent",
-                    key=key,
+                    f"{what} contains NaN or Infinity, which JSON cannot represent", key=key
                 ) from None
         if b"null" in data and not self._survives_round_trip(validated, data):
             raise InvalidValueError(
-                f"value for key {key!r} cannot be stored as JSON without changing it "
+                f"{what} cannot be stored as JSON without changing it "
                 "(NaN and Infinity become null)",
                 key=key,
             )
-        return cast(T, validated), data
+        return validated, data
 
     def append_item_codec(self) -> ValueCodec[Any] | None:
         """For `append`: the item codec of a plain list schema; None for a list whose

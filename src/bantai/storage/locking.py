@@ -1,0 +1,53 @@
+"""Waiting for a busy lock, written once for every storage and every operation that
+waits: the Redis lock acquire, the Redis scripts that refuse while an update holds a key
+(`append`, rate-limit `consume`), and the memory storage's leases.
+
+`until_free` retries an attempt with a jittered pause that never passes the deadline
+(monotonic clock, so wall-clock jumps change nothing) and raises `LockTimeoutError`
+("Failed to acquire lock ...", like the TypeScript original) when it does.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from bantai.errors import LockTimeoutError
+from bantai.steps import Operation, Sleep
+from bantai.storage.inputs import Key
+from bantai.storage.options import StorageOptions
+
+R = TypeVar("R")
+
+Attempt = Callable[[], Operation["tuple[bool, R | None, Sequence[Key]]"]]
+"""One try: an operation returning (got it, its result, the keys that were busy)."""
+
+
+def until_free(options: StorageOptions, attempt: Attempt[R]) -> Operation[R]:
+    """Run `attempt` until it succeeds; between tries pause `lock_retry_ms` with jitter
+    (concurrent waiters spread out instead of retrying in lock step), never holding
+    anything. `LockTimeoutError` naming the busy keys once `lock_timeout_ms` has passed."""
+    deadline = time.monotonic() + options.lock_timeout_ms / 1000.0
+    retry = options.lock_retry_ms / 1000.0
+    while True:
+        done, result, busy = yield from attempt()
+        if done:
+            return result  # type: ignore[return-value]
+        pause = min(deadline - time.monotonic(), retry * (0.5 + random.random() / 2))
+        if pause <= 0:
+            raise lock_timeout_error(options, busy)
+        yield Sleep(pause)
+
+
+def shown_keys(keys: Sequence[Key]) -> str:
+    """`key 'a'` or `keys ['a', 'b']`, for error messages."""
+    return f"key {keys[0]!r}" if len(keys) == 1 else f"keys {list(keys)!r}"
+
+
+def lock_timeout_error(options: StorageOptions, keys: Sequence[Key]) -> LockTimeoutError:
+    return LockTimeoutError(
+        f"Failed to acquire lock for {shown_keys(keys)} within {options.lock_timeout_ms} ms",
+        keys=keys,
+    )
