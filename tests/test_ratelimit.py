@@ -433,3 +433,30 @@ def test_100_threads_against_a_limit_of_5(limiter_storage: Any, kind: str) -> No
     for t in threads:
         t.join(30)
     assert len(admitted) == 100 and sum(admitted) == 5
+
+
+def test_fixed_window_key_is_named_by_the_client_and_checked_by_the_server(
+    redis_server: LocalRedisServer, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client names the window key (so the script declares every key it touches); a
+    client whose clock is an hour off gets the server's window back, sends once more and
+    learns the offset: the next decision is one round trip again."""
+    import time
+
+    limits = create_redis_storage({"url": redis_server.url}, rate_limit_schema, {"prefix": "sk:"})
+    config = {"type": "fixed-window", "limit": 5, "period": "1s", "key": "k"}
+    rate_limit.consume(limits, {**config, "key": "warm"})  # the script is loaded
+    real_ns = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real_ns() + 3600 * 10**9)
+    raw.config_resetstat()
+    assert rate_limit.consume(limits, config).remaining == 4
+    assert raw.info("commandstats")["cmdstat_evalsha"]["calls"] == 2  # wrong window, then right
+    raw.config_resetstat()
+    results = [rate_limit.consume(limits, config).allowed for _ in range(3)]
+    calls = raw.info("commandstats")["cmdstat_evalsha"]["calls"]
+    assert calls <= 4  # one each (one more if a second boundary fell in between)
+    server_now = raw.time()
+    windows = raw.keys("sk:k:*")
+    assert results == [True, True, True] or len(windows) > 1
+    assert all(abs(int(w.split(b":")[-1]) - server_now[0] * 1000) < 5000 for w in windows)
+    limits.close()
