@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from bantai import (
     InvalidOptionError,
+    InvalidRuleError,
     InvalidValueError,
     UnsupportedOperationError,
     allow,
@@ -221,6 +222,18 @@ def test_input_and_definition_errors() -> None:
     rule = define_rule(context, "a", lambda d, c: allow())
     with pytest.raises(InvalidOptionError, match="unique"):
         define_policy(context, "p", [rule, rule])
+    # Definition mistakes are typed errors (InvalidRuleError is a ValueError and a TypeError).
+    with pytest.raises(InvalidRuleError, match="name"):
+        define_rule(context, "", lambda d, c: allow())
+    with pytest.raises(InvalidRuleError, match="evaluate must be callable"):
+        define_rule(context, "r", "allow")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRuleError, match="on_deny must be callable"):
+        define_rule(context, "r", lambda d, c: allow(), on_deny=42)  # type: ignore[arg-type]
+    odd = define_policy(context, "odd", [define_rule(context, "r", lambda d, c: "yes")])
+    result = evaluate_policy_sync(odd, {"userId": "u"})
+    assert result.decision == "deny" and isinstance(
+        result.violated_rules[0].result.error, InvalidRuleError
+    )
 
 
 def test_with_storage_keeps_names_and_works_with_async_memory() -> None:

@@ -16,6 +16,22 @@ class BantaiError(Exception):
     """Base class of every bantai exception."""
 
 
+class _KeyedError(BantaiError):
+    """An error about one key (`key`, None when there is none, e.g. policy input)."""
+
+    def __init__(self, message: str, *, key: str | bytes | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class _KeysError(BantaiError):
+    """An error about some keys (`keys`, a tuple)."""
+
+    def __init__(self, message: str, *, keys: Sequence[str | bytes]) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
+
+
 class InvalidInputError(BantaiError, ValueError):
     """A key, TTL, value or option was refused before anything was written."""
 
@@ -32,13 +48,10 @@ class InvalidOptionError(InvalidInputError):
     """An adapter option (or the connection argument) is invalid; the message names it."""
 
 
-class InvalidValueError(InvalidInputError):
+class InvalidValueError(InvalidInputError, _KeyedError):
     """A value (passed in, or returned by an updater) does not validate against the schema
-    or cannot be represented as JSON (NaN, Infinity)."""
-
-    def __init__(self, message: str, *, key: str | bytes | None = None) -> None:
-        super().__init__(message)
-        self.key = key
+    or cannot be represented as JSON (NaN, Infinity). `key` names it (None for policy
+    input)."""
 
 
 class InvalidUpdaterError(InvalidInputError, TypeError):
@@ -53,29 +66,27 @@ class StorageClosedError(StorageError):
     """The storage was closed; create a new one."""
 
 
-class StoredValueError(StorageError):
+class StoredValueError(StorageError, _KeyedError):
     """The value stored under `key` is not JSON, does not validate against the schema, or is
     not a string at all (`WrongTypeError`). It is never unpickled or silently dropped."""
-
-    def __init__(self, message: str, *, key: str | bytes) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 class WrongTypeError(StoredValueError):
     """Redis holds a non-string (hash, list, ...) under the key (a WRONGTYPE reply)."""
 
 
-class UnsupportedOperationError(StorageError, TypeError):
-    """The operation does not apply to this schema (e.g. `append` on a non-list schema)."""
+class UnsupportedOperationError(BantaiError, TypeError):
+    """The call does not apply here: `append` on a non-list schema, an async updater on a
+    blocking storage, a coroutine rule under `evaluate_policy_sync`."""
 
 
-class LockError(StorageError):
-    """Base class of the distributed-lock errors."""
+class InvalidRuleError(InvalidInputError, TypeError):
+    """A rule is defined wrongly (no name, `evaluate` not callable) or returned something
+    other than `allow()`, `deny()` or `skip()` (kept on the result as its `error`)."""
 
-    def __init__(self, message: str, *, keys: Sequence[str | bytes]) -> None:
-        super().__init__(message)
-        self.keys = tuple(keys)
+
+class LockError(StorageError, _KeysError):
+    """Base class of the distributed-lock errors (`keys`: the keys concerned)."""
 
 
 class LockTimeoutError(LockError):
@@ -88,16 +99,12 @@ class LockLostError(LockError):
     `lock_ttl_ms` and another client took it). Nothing was written."""
 
 
-class WriteOutcomeUnknownError(StorageError):
+class WriteOutcomeUnknownError(StorageError, _KeysError):
     """A write (`set`, `delete`, a batch, `append`, a rate-limit `consume`, an update's
     commit) may have reached the server, but its reply was lost (connection lost, timeout).
     It may or may not have happened, and it was NOT resent: a resent write could overwrite
     another client's acknowledged write. `keys` are the keys concerned; `__cause__` is the
     connection error. Read the keys to find out."""
-
-    def __init__(self, message: str, *, keys: Sequence[str | bytes]) -> None:
-        super().__init__(message)
-        self.keys = tuple(keys)
 
 
 class UpdateOutcomeUnknownError(WriteOutcomeUnknownError):
@@ -110,6 +117,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidKeyError",
     "InvalidOptionError",
+    "InvalidRuleError",
     "InvalidTTLError",
     "InvalidUpdaterError",
     "InvalidValueError",

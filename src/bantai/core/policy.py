@@ -13,7 +13,7 @@ from typing import Any, Literal
 from bantai.core.context import Context
 from bantai.core.results import RuleResult
 from bantai.core.rules import Rule, RuleContext
-from bantai.errors import InvalidOptionError, UnsupportedOperationError
+from bantai.errors import InvalidOptionError, InvalidRuleError, UnsupportedOperationError
 from bantai.steps import Call, Operation, run_async, run_sync
 
 Strategy = Literal["preemptive", "exhaustive"]
@@ -76,7 +76,7 @@ def _evaluation(policy: Policy, data: object, strategy: Strategy | None) -> Oper
         else:
             _refuse_awaitable(result)
             if not isinstance(result, RuleResult):
-                error = TypeError(
+                error = InvalidRuleError(
                     f"rule {rule.name!r} returned {type(result).__name__}; return allow(), "
                     "deny() or skip()"
                 )

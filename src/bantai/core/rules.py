@@ -8,6 +8,7 @@ from typing import Any
 
 from bantai.core.context import Context
 from bantai.core.results import RuleResult
+from bantai.errors import InvalidRuleError
 
 Evaluate = Callable[[Any, "RuleContext"], Any]  # returns RuleResult or an awaitable of it
 Hook = Callable[[RuleResult, Any, "RuleContext"], Any]
@@ -50,7 +51,8 @@ def define_rule(
     `deny(...)` or `skip(...)`; `on_allow` / `on_deny(result, input, ctx)` run after it
     according to the policy's strategy."""
     if not isinstance(name, str) or not name:
-        raise ValueError("a rule needs a non-empty name")
-    if not callable(evaluate):
-        raise TypeError(f"rule {name!r}: evaluate must be callable")
+        raise InvalidRuleError(f"a rule needs a non-empty name, not {name!r}")
+    for what, fn in (("evaluate", evaluate), ("on_allow", on_allow), ("on_deny", on_deny)):
+        if fn is not None and not callable(fn):
+            raise InvalidRuleError(f"rule {name!r}: {what} must be callable")
     return Rule(context, name, evaluate, on_allow, on_deny)
