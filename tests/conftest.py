@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,12 +23,18 @@ from bantai import (
     create_memory_storage,
     create_redis_storage,
 )
+from bantai.redis import _speedups_pure
 from bantai.testing import (
     LocalRedisCluster,
     LocalRedisServer,
     RedisServerNotFound,
     find_redis_server,
 )
+
+try:
+    from bantai.redis import _speedups as _compiled
+except ImportError:  # only where the extension was not built
+    _compiled = None  # type: ignore[assignment]
 
 _prefix_counter = itertools.count()
 
@@ -198,3 +205,19 @@ def make_redis_storage(redis_server: LocalRedisServer) -> Iterator[StorageFactor
     yield make
     for storage in created:
         storage.close()
+
+
+# --- the compiled hot path and its pure twin, side by side in one process ------------------
+
+
+@pytest.fixture(params=["python", "cython"])
+def twin(request: pytest.FixtureRequest) -> Any:
+    """Each twin of the hot path (as multidict's and yarl's suites do), whichever one the
+    process uses: tests taking this fixture run against both in every build."""
+    if request.param == "python":
+        return _speedups_pure
+    if _compiled is None:
+        if os.environ.get("BANTAI_EXPECT_IMPLEMENTATION") == "cython":
+            pytest.fail("the compiled extension was expected but does not import")
+        pytest.skip("the compiled extension is not built here")
+    return _compiled

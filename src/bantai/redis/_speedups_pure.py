@@ -157,6 +157,18 @@ def _where(conn: Any) -> str:
     return str(path) if path else f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
 
 
+class _Pending:
+    """The replies one waiter still expects (the compiled twin's `_Pending`)."""
+
+    __slots__ = ("errors", "remaining", "replies", "waiter")
+
+    def __init__(self, waiter: Any, count: int) -> None:
+        self.waiter = waiter
+        self.remaining = count
+        self.replies: list[Any] = []
+        self.errors = 0
+
+
 class Multiplexer:
     """Matches the replies of one auto-pipelined connection to their waiters, in order.
 
@@ -164,21 +176,23 @@ class Multiplexer:
     the order the commands are written); `feed(data)` parses whatever arrived and resolves
     each waiter with `(replies, error_count)` once its last reply is in. A waiter that was
     cancelled still has its replies read and dropped, so the connection never gets out of
-    step. `fail(exc)` fails every pending waiter (the connection is gone)."""
+    step. A reply nobody asked for raises `ConnectionError` (the stream cannot be trusted).
+    `fail(exc)` fails every pending waiter (the connection is gone)."""
 
     __slots__ = ("_current", "_queue", "reader")
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader(replyError=_parse_error, notEnoughData=_INCOMPLETE)
-        self._queue: collections.deque[list[Any]] = collections.deque()
-        self._current: list[Any] | None = None
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._current: _Pending | None = None
 
     @property
     def pending(self) -> int:
+        """How many waiters still expect replies."""
         return len(self._queue) + (self._current is not None)
 
     def expect(self, waiter: Any, count: int) -> None:
-        self._queue.append([waiter, count, [], 0])
+        self._queue.append(_Pending(waiter, count))
 
     def feed(self, data: bytes) -> None:
         reader = self.reader
@@ -194,15 +208,14 @@ class Multiplexer:
                 if not self._queue:
                     raise RedisConnectionError("a reply arrived that no command asked for")
                 entry = self._current = self._queue.popleft()
-            entry[2].append(reply)
+            entry.replies.append(reply)
             if isinstance(reply, Exception):
-                entry[3] += 1
-            entry[1] -= 1
-            if entry[1] == 0:
+                entry.errors += 1
+            entry.remaining -= 1
+            if entry.remaining == 0:
                 self._current = None
-                waiter = entry[0]
-                if not waiter.done():
-                    waiter.set_result((entry[2], entry[3]))
+                if not entry.waiter.done():
+                    entry.waiter.set_result((entry.replies, entry.errors))
 
     def fail(self, exc: BaseException) -> None:
         entries = list(self._queue)
@@ -211,5 +224,5 @@ class Multiplexer:
         self._queue.clear()
         self._current = None
         for entry in entries:
-            if not entry[0].done():
-                entry[0].set_exception(exc)
+            if not entry.waiter.done():
+                entry.waiter.set_exception(exc)

@@ -1,26 +1,26 @@
 """Decides, once, whether the compiled hot path (`_speedups`, Cython) or its pure-Python
 twin (`_speedups_pure`) is used. `BANTAI_NO_EXTENSIONS=1` forces the pure twin; so does a
-missing or unloadable extension. `IMPLEMENTATION` says which one is active."""
+missing or unloadable extension. `IMPLEMENTATION` says which one is active.
+
+Type checkers read the pure twin (the `TYPE_CHECKING` branch): its annotations are the
+contract, and `_speedups.pyi` states the same for the extension."""
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+NO_EXTENSIONS = os.environ.get("BANTAI_NO_EXTENSIONS", "") not in ("", "0")
 
 IMPLEMENTATION: Literal["cython", "python"]
 
-if os.environ.get("BANTAI_NO_EXTENSIONS", "") not in ("", "0"):
+if TYPE_CHECKING or NO_EXTENSIONS:
     from bantai.redis._speedups_pure import Multiplexer, Wire, new_token, pack_commands
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from bantai.redis._speedups import (  # type: ignore[assignment,no-redef,unused-ignore]
-            Multiplexer,
-            Wire,
-            new_token,
-            pack_commands,
-        )
+        from bantai.redis._speedups import Multiplexer, Wire, new_token, pack_commands
 
         IMPLEMENTATION = "cython"
     except ImportError:
@@ -28,4 +28,4 @@ else:
 
         IMPLEMENTATION = "python"
 
-__all__ = ["IMPLEMENTATION", "Multiplexer", "Wire", "new_token", "pack_commands"]
+__all__ = ["IMPLEMENTATION", "NO_EXTENSIONS", "Multiplexer", "Wire", "new_token", "pack_commands"]
