@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
@@ -142,6 +142,7 @@ def _demultiplex(
 @given(st.lists(st.sampled_from(REPLIES), min_size=1, max_size=12), st.data())
 def test_twins_demultiplex_identically_under_random_splits(replies: list[bytes], data: Any) -> None:
     count = sum(1 for r in replies if not r.startswith(b">"))
+    assume(count > 0)  # only push messages: no waiter to compare
     groups: list[int] = []
     left = count
     while left:
