@@ -1,4 +1,12 @@
-"""bantai: a fast, correct Redis storage adapter with Bantai policies and rate limiting."""
+"""bantai: a fast, correct Redis storage adapter with Bantai policies and rate limiting.
+
+The public API is what this package and its subpackages (`bantai.core`, `bantai.storage`,
+`bantai.redis`, `bantai.ratelimit`, `bantai.errors`, `bantai.testing`) export in their
+`__all__`; every other module and every name starting with `_` is internal and may change
+without notice. Names are grouped below by layer, bottom-up.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
 
 from bantai.core import (
     Context,
@@ -56,41 +64,21 @@ from bantai.storage import (
     MemoryStorage,
     StorageAdapter,
     StorageOptions,
+    StorageTools,
     UpdateResult,
     create_async_memory_storage,
     create_memory_storage,
+    with_storage,
 )
-from bantai.storage.with_storage import StorageTools, with_storage
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("bantai")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
-    "Context",
-    "Policy",
-    "PolicyResult",
-    "RateLimitConfig",
-    "RateLimitResult",
-    "Rule",
-    "RuleContext",
-    "RuleResult",
-    "StorageTools",
-    "allow",
-    "define_context",
-    "define_policy",
-    "define_rate_limit_rule",
-    "define_rule",
-    "deny",
-    "evaluate_policy",
-    "evaluate_policy_sync",
-    "rate_limit",
-    "rate_limit_schema",
-    "skip",
-    "with_rate_limit",
-    "with_storage",
-    "AsyncMemoryStorage",
-    "AsyncRedisStorage",
-    "create_async_memory_storage",
-    "create_async_redis_storage",
+    "__version__",
+    # errors (bantai.errors)
     "BantaiError",
     "InvalidInputError",
     "InvalidKeyError",
@@ -99,23 +87,52 @@ __all__ = [
     "InvalidTTLError",
     "InvalidUpdaterError",
     "InvalidValueError",
-    "LockError",
-    "LockLostError",
-    "LockTimeoutError",
-    "MemoryStorage",
-    "RedisStorage",
-    "RedisStorageOptions",
-    "StorageAdapter",
-    "StorageClosedError",
     "StorageError",
-    "StorageOptions",
+    "StorageClosedError",
     "StoredValueError",
-    "UnsupportedOperationError",
-    "UpdateOutcomeUnknownError",
-    "UpdateResult",
-    "WriteOutcomeUnknownError",
     "WrongTypeError",
-    "__version__",
+    "UnsupportedOperationError",
+    "LockError",
+    "LockTimeoutError",
+    "LockLostError",
+    "WriteOutcomeUnknownError",
+    "UpdateOutcomeUnknownError",
+    # core: contexts, rules, policies (bantai.core)
+    "Context",
+    "define_context",
+    "Rule",
+    "RuleContext",
+    "RuleResult",
+    "define_rule",
+    "allow",
+    "deny",
+    "skip",
+    "Policy",
+    "PolicyResult",
+    "define_policy",
+    "evaluate_policy",
+    "evaluate_policy_sync",
+    # storage: the protocol, options, the memory storages, with_storage (bantai.storage)
+    "StorageAdapter",
+    "StorageOptions",
+    "UpdateResult",
+    "MemoryStorage",
+    "AsyncMemoryStorage",
     "create_memory_storage",
+    "create_async_memory_storage",
+    "StorageTools",
+    "with_storage",
+    # the Redis adapter (bantai.redis)
+    "RedisStorage",
+    "AsyncRedisStorage",
+    "RedisStorageOptions",
     "create_redis_storage",
+    "create_async_redis_storage",
+    # rate limiting (bantai.ratelimit)
+    "RateLimitConfig",
+    "RateLimitResult",
+    "rate_limit",
+    "rate_limit_schema",
+    "with_rate_limit",
+    "define_rate_limit_rule",
 ]

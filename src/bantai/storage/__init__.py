@@ -1,4 +1,4 @@
-"""Storage: the adapter protocol, shared input checks, and the in-memory storage."""
+"""Storage: the adapter protocol, options, the in-memory storages, and `with_storage`."""
 
 from bantai.storage.inputs import UpdateResult
 from bantai.storage.memory import (
@@ -9,6 +9,7 @@ from bantai.storage.memory import (
 )
 from bantai.storage.options import StorageOptions
 from bantai.storage.protocol import StorageAdapter
+from bantai.storage.with_storage import StorageTools, with_storage
 
 __all__ = [
     "AsyncMemoryStorage",
@@ -16,6 +17,8 @@ __all__ = [
     "MemoryStorage",
     "StorageAdapter",
     "StorageOptions",
+    "StorageTools",
     "UpdateResult",
     "create_memory_storage",
+    "with_storage",
 ]
