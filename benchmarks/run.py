@@ -39,7 +39,7 @@ WORKLOADS = (
     "rate_limit_check_increment",
 )
 
-# (name, target, numerator, denominator) — ratios the issue asks the report to show.
+# (name, target, numerator, denominator) — the ratios the report shows, with their targets.
 TARGETS = [
     ("cython get / redis-benchmark GET c1 P1", 0.85, ("cython", "get"), ("rb", "GET c1 P1")),
     ("cython get / baseline get", 1.5, ("cython", "get"), ("baseline", "get")),

@@ -1,4 +1,5 @@
-"""Schemas shared by the tests (the seed documentation's examples, in pydantic)."""
+"""Schemas shared by the tests (the TypeScript original's documented examples, in
+pydantic)."""
 
 from __future__ import annotations
 

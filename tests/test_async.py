@@ -70,7 +70,7 @@ def test_async_updaters(kind: str, redis_server: LocalRedisServer) -> None:
 def test_no_lost_updates_64_tasks(
     kind: str, redis_server: LocalRedisServer, raw: redis.Redis
 ) -> None:
-    """RELIABILITY property 1 (asyncio): 64 tasks x 250 update(+1) on one key."""
+    """docs/reliability.md, property 1 (asyncio): 64 tasks x 250 update(+1) on one key."""
 
     async def main() -> Any:
         storage = _make(

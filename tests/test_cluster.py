@@ -90,7 +90,7 @@ def _count(host: str, port: int, prefix: str, n: int) -> None:
 
 @pytest.mark.slow
 def test_no_lost_updates_on_the_cluster(redis_cluster: LocalRedisCluster) -> None:
-    """RELIABILITY property 1 on the cluster: 8 processes x 500 update(+1) on one key."""
+    """docs/reliability.md, property 1 on the cluster: 8 processes x 500 update(+1) on one key."""
     ctx = multiprocessing.get_context("fork")
     prefix = unique_prefix()
     host, port = redis_cluster.startup_nodes[0]

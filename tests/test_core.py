@@ -1,4 +1,5 @@
-"""Bantai core: the seed document's examples, ported, and the policy engine's rules."""
+"""Bantai core: the examples of the TypeScript original's documentation, ported, and the
+policy engine's rules."""
 
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ class Session(BaseModel):
     expiresAt: int
 
 
-# --- the seed's examples --------------------------------------------------------------
+# --- the TypeScript original's documented examples --------------------------------
 
 
-def test_seed_quick_start(redis_server: LocalRedisServer) -> None:
+def test_original_quick_start(redis_server: LocalRedisServer) -> None:
     storage = create_redis_storage(
         {"url": redis_server.url},
         UserData,
@@ -67,7 +68,7 @@ def test_seed_quick_start(redis_server: LocalRedisServer) -> None:
     storage.close()
 
 
-def test_seed_session_and_counter_and_cache(redis_server: LocalRedisServer) -> None:
+def test_original_session_counter_and_cache(redis_server: LocalRedisServer) -> None:
     async def main() -> None:
         from bantai import create_async_redis_storage
 
@@ -250,7 +251,7 @@ class CacheEntry(BaseModel):
     cachedAt: int
 
 
-def test_seed_cache_rule_with_ttl(redis_server: LocalRedisServer) -> None:
+def test_original_cache_rule_with_ttl(redis_server: LocalRedisServer) -> None:
     storage = create_redis_storage(
         {"url": redis_server.url}, CacheEntry, {"prefix": unique_prefix()}
     )

@@ -247,7 +247,7 @@ class ApiInput(BaseModel):
     endpoint: str
 
 
-def test_rate_limit_rule_seed_example(redis_server: LocalRedisServer, raw: redis.Redis) -> None:
+def test_rate_limit_rule_original_example(redis_server: LocalRedisServer, raw: redis.Redis) -> None:
     storage = create_redis_storage(
         {"url": redis_server.url}, rate_limit_schema, {"prefix": "ratelimit:"}
     )
@@ -314,7 +314,7 @@ def _hammer(url: str, prefix: str, config: dict[str, Any], tries: int, admitted:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fixed-window", "token-bucket", "sliding-window"])
 def test_no_over_admission_8_processes_8_threads(redis_server: LocalRedisServer, kind: str) -> None:
-    """RELIABILITY property 3: 8 processes x 8 threads against one limit of 100."""
+    """docs/reliability.md, property 3: 8 processes x 8 threads against one limit of 100."""
     ctx = multiprocessing.get_context("fork")
     admitted = ctx.Value("i", 0)
     prefix = unique_prefix()
@@ -418,7 +418,7 @@ def test_any_storage_adapter() -> None:
 
 @pytest.mark.parametrize("kind", ["fixed-window", "token-bucket", "sliding-window"])
 def test_100_threads_against_a_limit_of_5(limiter_storage: Any, kind: str) -> None:
-    """RELIABILITY: 100 threads at once against a limit of 5 -> exactly 5 admitted."""
+    """docs/reliability.md: 100 threads at once against a limit of 5 -> exactly 5 admitted."""
     config = {"type": kind, "limit": 5, "period": "1h", "key": f"burst-{kind}"}
     start = threading.Barrier(100)
     admitted: list[bool] = []

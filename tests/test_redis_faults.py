@@ -1,4 +1,4 @@
-"""Faults from RELIABILITY.md against real servers: dead and frozen lock holders, lost
+"""Faults from docs/reliability.md against real servers: dead and frozen lock holders, lost
 commit replies, server restarts, out-of-memory, bad credentials, fork, many processes."""
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def test_fork_with_live_client_and_threads(make_redis_storage: Any, raw: redis.R
 
 @pytest.mark.slow
 def test_no_lost_updates_16_processes(make_redis_storage: Any, raw: redis.Redis) -> None:
-    """RELIABILITY property 1: 16 processes x 1,000 update(+1) on one key -> 16,000."""
+    """docs/reliability.md, property 1: 16 processes x 1,000 update(+1) on one key -> 16,000."""
     storage = make_redis_storage(
         Counter, prefix="p16:", lock_timeout_ms=60_000, lock_ttl_ms=60_000, lock_retry_ms=1
     )
@@ -339,7 +339,7 @@ def test_client_clock_jumps_change_nothing(
 
 
 def test_nothing_of_ours_outlives_its_ttl(make_redis_storage: Any, raw: redis.Redis) -> None:
-    """RELIABILITY property 4: after locks, limiter traffic and a crashed holder, once the
+    """docs/reliability.md, property 4: after locks, limiter traffic and a crashed holder, once the
     longest TTL has passed only values written without a TTL remain."""
     from bantai import rate_limit, rate_limit_schema
 

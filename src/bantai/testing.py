@@ -236,3 +236,14 @@ class LocalRedisCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+__all__ = [
+    "INSTALL_HINT",
+    "LocalRedisCluster",
+    "LocalRedisServer",
+    "LocalSentinel",
+    "RedisServerNotFound",
+    "find_redis_server",
+    "free_port",
+]

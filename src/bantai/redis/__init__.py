@@ -1,4 +1,4 @@
-"""The Redis storage adapter (SPEC §2-4)."""
+"""The Redis storage adapter (docs/design.md, "The Redis adapter")."""
 
 from bantai.redis.async_storage import AsyncRedisStorage, create_async_redis_storage
 from bantai.redis.speedups import IMPLEMENTATION

@@ -10,7 +10,8 @@ from bantai.core.context import Context, extend_context
 
 class StorageTools:
     """The storages of a context, by name (`tools.storage["sessions"]`). Attribute access
-    goes to the default storage, so the seed's `tools.storage.get(key)` works as written."""
+    goes to the default storage, so `tools.storage.get(key)`, as the TypeScript original
+    documents it, works as written."""
 
     def __init__(self, storages: Mapping[str, Any], default: str) -> None:
         self._storages = dict(storages)
