@@ -26,20 +26,26 @@ from bantai.testing import LocalRedisServer, RedisServerNotFound
 
 
 class UserData(BaseModel):
+    """The demo's user record."""
+
     userId: str
     name: str
     lastLogin: int
 
 
 class Counter(BaseModel):
+    """The demo's counter."""
+
     count: int
 
 
 def say(text: str) -> None:
+    """Print a line of the demo."""
     print(f"  {text}")
 
 
 def open_storages(stack: ExitStack) -> tuple[Any, Any, str]:
+    """The demo's storages: on a throwaway local redis-server, or in memory when none is found."""
     url = os.environ.get("REDIS_URL")
     if not url:
         try:
@@ -65,6 +71,7 @@ def open_storages(stack: ExitStack) -> tuple[Any, Any, str]:
 
 
 def open_limiter(stack: ExitStack, where: str) -> Any:
+    """The demo's rate-limit storage, next to the others."""
     if where == "memory":
         return create_memory_storage(rate_limit_schema, {"prefix": "demo:rl:"})
     limits = create_redis_storage({"url": where}, rate_limit_schema, {"prefix": "demo:rl:"})
@@ -73,6 +80,7 @@ def open_limiter(stack: ExitStack, where: str) -> Any:
 
 
 def main() -> None:
+    """Run the demo (`make demo`)."""
     with ExitStack() as stack:
         users, counters, where = open_storages(stack)
         print(f"bantai demo on {where}\n")

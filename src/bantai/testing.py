@@ -29,6 +29,8 @@ class RedisServerNotFound(RuntimeError):
 
 
 def find_redis_server() -> str:
+    """The `redis-server` binary ($BANTAI_REDIS_SERVER, else on PATH); `RedisServerNotFound`
+    with install instructions otherwise."""
     configured = os.environ.get("BANTAI_REDIS_SERVER")
     path = shutil.which(configured) if configured else shutil.which("redis-server")
     if not path:
@@ -70,9 +72,12 @@ class LocalRedisServer:
 
     @property
     def url(self) -> str:
+        """`redis://127.0.0.1:<port>/0`."""
         return f"redis://{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> LocalRedisServer:
+        """Start the server and wait until it answers (on another free port if this one was
+        taken meanwhile)."""
         binary = find_redis_server()
         for _attempt in range(5):
             args = self._command(binary)
@@ -129,6 +134,7 @@ class LocalRedisServer:
         self.start()
 
     def stop(self) -> None:
+        """Stop the server (resuming it first if it was SIGSTOPped) and remove its directory."""
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGCONT)
@@ -182,9 +188,11 @@ class LocalRedisCluster:
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:
+        """(host, port) of every node."""
         return [(n.host, n.port) for n in self.nodes]
 
     def start(self, timeout: float = 30.0) -> LocalRedisCluster:
+        """Start every node and join them into a cluster; on failure, stop what started."""
         try:
             return self._start(timeout)
         except BaseException:
@@ -228,6 +236,7 @@ class LocalRedisCluster:
             return sock.recv(65536)
 
     def stop(self) -> None:
+        """Stop every node."""
         for node in self.nodes:
             node.stop()
 

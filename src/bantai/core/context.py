@@ -30,6 +30,7 @@ class Tools:
         return name in self._tools
 
     def as_dict(self) -> dict[str, Any]:
+        """The tools as a plain dict (a copy)."""
         return dict(self._tools)
 
     def __repr__(self) -> str:

@@ -22,6 +22,8 @@ STRATEGIES = ("preemptive", "exhaustive")
 
 @dataclass(frozen=True, slots=True)
 class Policy:
+    """Created with `define_policy`: a context, a name, ordered rules and the default strategy."""
+
     context: Context
     name: str
     rules: tuple[Rule, ...]
@@ -30,12 +32,17 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class RuleOutcome:
+    """One rule's name and its result, as listed in a `PolicyResult`."""
+
     name: str
     result: RuleResult
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyResult:
+    """What `evaluate_policy` decided: `decision` ("allow" / "deny"), `reason`, the violated
+    and the evaluated rules (in order), a unique `evaluation_id`, and the strategy used."""
+
     decision: Literal["allow", "deny"]
     reason: str
     violated_rules: list[RuleOutcome]
@@ -45,12 +52,16 @@ class PolicyResult:
 
     @property
     def is_allowed(self) -> bool:
+        """True when the decision is "allow"."""
         return self.decision == "allow"
 
 
 def define_policy(
     context: Context, name: str, rules: Sequence[Rule], default_strategy: Strategy = "preemptive"
 ) -> Policy:
+    """A policy over `context`: `rules` are evaluated in order with `default_strategy`
+    ("preemptive": stop at the first deny, hooks as it goes; "exhaustive": every rule, hooks
+    by the final decision). Rule names must be unique."""
     if default_strategy not in STRATEGIES:
         raise InvalidOptionError(f"default_strategy must be one of {STRATEGIES}")
     names = [r.name for r in rules]

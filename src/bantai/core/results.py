@@ -20,12 +20,15 @@ class RuleResult:
 
 
 def allow(reason: str | None = None, meta: Mapping[str, Any] | None = None) -> RuleResult:
+    """The rule admits the input."""
     return RuleResult(True, reason, False, dict(meta or {}))
 
 
 def deny(reason: str | None = None, meta: Mapping[str, Any] | None = None) -> RuleResult:
+    """The rule refuses the input; the policy's decision becomes deny."""
     return RuleResult(False, reason, False, dict(meta or {}))
 
 
 def skip(reason: str | None = "skipped", meta: Mapping[str, Any] | None = None) -> RuleResult:
+    """The rule does not apply; counts as allowed."""
     return RuleResult(True, reason, True, dict(meta or {}))

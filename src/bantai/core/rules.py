@@ -33,6 +33,9 @@ class RuleContext:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """Created with `define_rule`: a named decision over a context's input, with optional
+    hooks."""
+
     context: Context
     name: str
     evaluate: Evaluate

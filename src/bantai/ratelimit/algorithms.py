@@ -29,16 +29,22 @@ ALGORITHMS: tuple[Algorithm, ...] = ("fixed-window", "sliding-window", "token-bu
 
 
 class FixedWindowState(TypedDict):
+    """A fixed window's stored state (the original's JSON shape)."""
+
     type: Literal["fixed-window"]
     count: int
 
 
 class SlidingWindowState(TypedDict):
+    """A sliding window's stored state: every admitted request's time."""
+
     type: Literal["sliding-window"]
     timestamps: list[int]
 
 
 class TokenBucketState(TypedDict):
+    """A token bucket's stored state."""
+
     type: Literal["token-bucket"]
     remainingTokens: int
     lastRefillAt: int
@@ -132,6 +138,7 @@ class RateLimitConfig:
 
 
 def check_cost(cost: object) -> int:
+    """`cost` as an int from 1 to `MAX_COUNT`, else `InvalidOptionError`."""
     if not isinstance(cost, int) or isinstance(cost, bool) or not 1 <= cost <= MAX_COUNT:
         raise InvalidOptionError(
             f"rate limit 'cost' must be an int from 1 to {MAX_COUNT}, not {cost!r}"
@@ -162,6 +169,7 @@ class RateLimitResult:
     reason: str
 
     def to_json(self) -> dict[str, Any]:
+        """The original's check-result shape (`allowed`, `remaining`, `resetAt`, `reason`)."""
         return {"allowed": self.allowed, "remaining": self.remaining,
                 "resetAt": self.reset_at, "reason": self.reason}  # fmt: skip
 
@@ -185,6 +193,7 @@ def explain(
 
 
 def window_start(config: RateLimitConfig, now: int) -> int:
+    """The start (epoch ms) of the fixed window that holds `now`."""
     return now // config.period_ms * config.period_ms
 
 

@@ -47,6 +47,7 @@ __all__ = [
 
 
 def wall_clock_ms() -> int:
+    """This machine's clock, epoch milliseconds."""
     return time.time_ns() // 1_000_000
 
 

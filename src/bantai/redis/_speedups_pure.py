@@ -88,6 +88,8 @@ class Wire:
         self.sent = False
 
     def exchange(self, commands: Sequence[Sequence[object]], spin_us: int = 0) -> list[Any]:
+        """Send `commands` in one write and read one reply each (see the class docstring for
+        errors and `spin_us`)."""
         payload = pack_commands(commands)
         self.sent = False
         conn = self.conn
@@ -192,9 +194,11 @@ class Multiplexer:
         return len(self._queue) + (self._current is not None)
 
     def expect(self, waiter: Any, count: int) -> None:
+        """Register `waiter` (a future) for the next `count` replies."""
         self._queue.append(_Pending(waiter, count))
 
     def feed(self, data: bytes) -> None:
+        """Parse `data` and resolve every waiter whose replies are complete."""
         reader = self.reader
         reader.feed(data)
         while True:
@@ -218,6 +222,7 @@ class Multiplexer:
                     entry.waiter.set_result((entry.replies, entry.errors))
 
     def fail(self, exc: BaseException) -> None:
+        """Fail every pending waiter with `exc` (the connection is gone)."""
         entries = list(self._queue)
         if self._current is not None:
             entries.insert(0, self._current)

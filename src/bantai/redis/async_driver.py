@@ -114,6 +114,8 @@ class Channel:
         self.transport.set_protocol(_MuxProtocol(self))
 
     def send(self, commands: Sequence[Command]) -> asyncio.Future[tuple[list[Any], int]]:
+        """Queue `commands` (they leave with everything queued in this loop iteration) and
+        return the future of their replies. A closed channel raises `NotSent`."""
         if self.closed is not None:
             raise not_sent(RedisConnectionError(f"connection closed: {self.closed}"), resend=True)
         # Pack first: a command that cannot be packed must not leave a waiter behind in
@@ -169,6 +171,7 @@ class Channel:
             self.close()
 
     def broken(self, exc: BaseException) -> None:
+        """The connection is lost or untrustworthy: close it and fail every waiter with `exc`."""
         if self.closed is None:
             self.closed = exc
             self.transport.close()
@@ -180,6 +183,7 @@ class Channel:
         self.mux.fail(exc)
 
     def close(self) -> None:
+        """Close the channel (pending waiters get a connection error)."""
         self.broken(RedisConnectionError("adapter closed"))
 
 
@@ -236,6 +240,7 @@ class AsyncDriver:
             self._ready = True
 
     async def run(self, op: Operation[R]) -> R:
+        """Run an operation on this event loop."""
         return await run_async(op, self.round_trip)
 
     async def call(self, command: Command, *, write: bool = False) -> Any:
@@ -247,6 +252,8 @@ class AsyncDriver:
             return lost
 
     async def round_trip(self, step: RoundTrip) -> list[Any]:
+        """One round trip through the round-trip policy (a fast path when nothing goes wrong);
+        `background` ones run as tasks of their own."""
         if step.background:
             return self._in_background(step)
         main = self._main

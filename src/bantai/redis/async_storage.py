@@ -52,43 +52,53 @@ class AsyncRedisStorage(Generic[T]):
 
     @property
     def client(self) -> redis.asyncio.Redis | AsyncRedisCluster:
+        """The redis-py asyncio client this adapter sends through."""
         return self._client
 
     async def get(self, key: Key) -> T | None:
+        """See `StorageAdapter.get`."""
         setup = self._setup
         return ops.get_reply(setup, key, await self._driver.call(ops.get_request(setup, key)))
 
     async def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+        """See `StorageAdapter.set`."""
         setup = self._setup
         request = ops.set_request(setup, key, value, ttl_ms)
         ops.written_reply(setup, key, await self._driver.call(request, write=True))
 
     async def delete(self, key: Key) -> None:
+        """See `StorageAdapter.delete`."""
         setup = self._setup
         request = ops.delete_request(setup, key)
         ops.written_reply(setup, key, await self._driver.call(request, write=True))
 
     async def append(self, key: Key, item: Any) -> None:
+        """See `StorageAdapter.append`."""
         await self._driver.run(ops.append(self._setup, key, item))
 
     async def update(self, key: Key, updater: Callable[[T | None], Any]) -> T | None:
+        """See `StorageAdapter.update`; the updater may be a coroutine function."""
         op = ops.update(self._setup, key, updater)
         return await self._driver.run(op)
 
     async def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+        """See `StorageAdapter.get_many`."""
         return await self._driver.run(ops.get_many(self._setup, keys))
 
     async def set_many(
         self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
     ) -> None:
+        """See `StorageAdapter.set_many`."""
         await self._driver.run(ops.set_many(self._setup, items, ttl_ms))
 
     async def delete_many(self, keys: Iterable[Key]) -> None:
+        """See `StorageAdapter.delete_many`."""
         await self._driver.run(ops.delete_many(self._setup, keys))
 
     async def update_many(
         self, keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
     ) -> dict[Key, T | None]:
+        """See `StorageAdapter.update_many`; the updater may be a coroutine function."""
         return await self._driver.run(ops.update_many(self._setup, keys, updater))
 
     async def _bantai_consume(

@@ -41,6 +41,7 @@ class ClusterRouter:
     def route(
         self, commands: Sequence[Command], indices: Sequence[int]
     ) -> list[tuple[Any, list[int]]]:
+        """Group `indices` of `commands` by the node that owns each one's first key."""
         routes: dict[str, tuple[Any, list[int]]] = {}
         nodes = self.client.nodes_manager
         for index in indices:
@@ -53,4 +54,5 @@ class ClusterRouter:
         return list(routes.values())
 
     def node_at(self, host: str, port: int) -> Any:
+        """The known node at host:port (an ASK target), or None."""
         return self.client.nodes_manager.get_node(host=host, port=port)

@@ -24,9 +24,11 @@ class KeyLayout:
         self.prefix = prefix
 
     def value_key(self, key: bytes) -> bytes:
+        """Where the value of `key` lives."""
         return self.prefix + key
 
     def lock_key(self, key: bytes) -> bytes:
+        """Where the lock of `key` lives (it holds the holder's token)."""
         return self.prefix + key + LOCK_SUFFIX
 
     def groups(self, keys: Sequence[bytes]) -> list[list[int]]:
@@ -63,6 +65,7 @@ class ClusterKeyLayout(KeyLayout):
         self._tag_in_prefix = opening != -1
 
     def value_key(self, key: bytes) -> bytes:
+        """`prefix{key}`: the key is the hash tag."""
         if key[:1] == b"}" and not self._tag_in_prefix:
             raise InvalidKeyError(
                 f"key {key!r} starts with '}}': on Redis Cluster its hash tag would be "
@@ -71,9 +74,11 @@ class ClusterKeyLayout(KeyLayout):
         return self.prefix + b"{" + key + b"}"
 
     def lock_key(self, key: bytes) -> bytes:
+        """`prefix{key}:lock`: in the value's slot."""
         return self.value_key(key) + LOCK_SUFFIX
 
     def groups(self, keys: Sequence[bytes]) -> list[list[int]]:
+        """Indices of `keys` grouped by hash slot (one command per group)."""
         by_slot: dict[int, list[int]] = {}
         for index, key in enumerate(keys):
             by_slot.setdefault(key_slot(key), []).append(index)

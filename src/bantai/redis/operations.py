@@ -106,6 +106,7 @@ def warn_if_locks_evictable(setup: Setup[Any]) -> Operation[None]:
 
 
 def evalsha(script: scripts.Script, keys: Sequence[bytes], args: Sequence[Arg]) -> Command:
+    """An EVALSHA command for `script` (loaded on NOSCRIPT by the round-trip policy)."""
     return (b"EVALSHA", script.sha, len(keys), *keys, *args)
 
 
@@ -147,14 +148,18 @@ def check_reply(reply: Any, keys: Sequence[Key]) -> Any:
 
 
 def get_request(setup: Setup[T], key: Key) -> Command:
+    """The command of `get`."""
     return (b"GET", setup.layout.value_key(encode_key(key)))
 
 
 def get_reply(setup: Setup[T], key: Key, reply: Any) -> T | None:
+    """The value of `get` from its reply."""
     return setup.codec.decode(check_reply(reply, (key,)), key)
 
 
 def set_request(setup: Setup[T], key: Key, value: object, ttl_ms: object = None) -> Command:
+    """The command of `set`: validates and encodes first, so bad input is refused before
+    anything is sent."""
     redis_key = setup.layout.value_key(encode_key(key))
     ttl = ttl_to_ms(ttl_ms)
     _, data = setup.codec.encode(value, key)
@@ -162,6 +167,7 @@ def set_request(setup: Setup[T], key: Key, value: object, ttl_ms: object = None)
 
 
 def delete_request(setup: Setup[T], key: Key) -> Command:
+    """The command of `delete`."""
     return (b"DEL", setup.layout.value_key(encode_key(key)))
 
 
@@ -180,21 +186,25 @@ def _write(commands: Sequence[Command], what: str, keys: Sequence[Key]) -> Opera
 
 
 def get(setup: Setup[T], key: Key) -> Operation[T | None]:
+    """`get` as an operation."""
     (reply,) = yield RoundTrip((get_request(setup, key),))
     return get_reply(setup, key, reply)
 
 
 def set_(setup: Setup[T], key: Key, value: object, ttl_ms: object = None) -> Operation[None]:
+    """`set` as an operation (a write: never resent)."""
     (reply,) = yield from _write((set_request(setup, key, value, ttl_ms),), "set", (key,))
     written_reply(setup, key, reply)
 
 
 def delete(setup: Setup[T], key: Key) -> Operation[None]:
+    """`delete` as an operation (a write: never resent)."""
     (reply,) = yield from _write((delete_request(setup, key),), "delete", (key,))
     written_reply(setup, key, reply)
 
 
 def get_many(setup: Setup[T], keys: Iterable[Key]) -> Operation[dict[Key, T | None]]:
+    """Pipelined GETs, one per key (not MGET: it would pass a hash or list off as absent)."""
     key_list = check_keys(keys, unique=False)
     if not key_list:
         return {}
@@ -211,6 +221,8 @@ def get_many(setup: Setup[T], keys: Iterable[Key]) -> Operation[dict[Key, T | No
 def set_many(
     setup: Setup[T], items: Mapping[Key, object] | Iterable[tuple[Key, object]], ttl_ms: object
 ) -> Operation[None]:
+    """MSET per slot group, or one `SET_MANY` script per group with a TTL: every value
+    validated first."""
     pairs = list(items.items() if isinstance(items, Mapping) else items)
     key_list = check_keys([k for k, _ in pairs], unique=True)
     ttl = ttl_to_ms(ttl_ms)
@@ -238,6 +250,7 @@ def set_many(
 
 
 def delete_many(setup: Setup[T], keys: Iterable[Key]) -> Operation[None]:
+    """DEL per slot group (a write: never resent)."""
     key_list = check_keys(keys, unique=False)
     redis_keys = [setup.layout.value_key(encode_key(k)) for k in key_list]
     groups = setup.layout.groups(redis_keys)
@@ -400,6 +413,7 @@ def locked_update(
 
 
 def update(setup: Setup[T], key: Key, updater: Callable[[T | None], Any]) -> Operation[T | None]:
+    """`update` of one key (see `locked_update`)."""
     encode_key(key)
     (result,) = yield from locked_update(setup, (key,), updater, keyed=False)
     return result
@@ -408,6 +422,7 @@ def update(setup: Setup[T], key: Key, updater: Callable[[T | None], Any]) -> Ope
 def update_many(
     setup: Setup[T], keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
 ) -> Operation[dict[Key, T | None]]:
+    """`update_many` (see `locked_update`); duplicate keys are refused first."""
     key_list = check_keys(keys, unique=True)
     if not key_list:
         return {}

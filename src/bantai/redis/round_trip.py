@@ -163,18 +163,24 @@ class OneServer:
 
     @property
     def stale(self) -> bool:
+        """Never stale (a failed-over Sentinel primary is found again when the pool
+        reconnects)."""
         return False
 
     @stale.setter
     def stale(self, value: bool) -> None:
+        """Never stale (a failed-over Sentinel primary is found again when the pool
+        reconnects)."""
         pass
 
     def route(
         self, commands: Sequence[Command], indices: Sequence[int]
     ) -> list[tuple[Any, list[int]]]:
+        """Everything goes to the one server (node None)."""
         return [(None, list(indices))]
 
     def node_at(self, host: str, port: int) -> Any:
+        """No ASK on a single server."""
         return None
 
 

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Script:
+    """A Lua script: its name, its source and the SHA1 EVALSHA calls it by."""
+
     name: str
     source: bytes
     sha: bytes
 
     @classmethod
     def of(cls, name: str, source: str) -> Script:
+        """A script from its source (stripped; the SHA1 computed here)."""
         body = source.strip().encode()
         return cls(name, body, hashlib.sha1(body).hexdigest().encode())
 

@@ -91,6 +91,7 @@ class RedisStorage(Generic[T]):
         self._driver.run(ops.set_many(self._setup, items, ttl_ms))
 
     def delete_many(self, keys: Iterable[Key]) -> None:
+        """See `StorageAdapter.delete_many`."""
         self._driver.run(ops.delete_many(self._setup, keys))
 
     def update_many(self, keys: Iterable[Key], updater: KeyedUpdater[T]) -> dict[Key, T | None]:

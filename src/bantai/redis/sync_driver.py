@@ -279,6 +279,7 @@ class SyncDriver:
         _drivers.add(self)
 
     def run(self, op: Operation[R]) -> R:
+        """Run an operation, blocking."""
         return run_sync(op, self.round_trip)
 
     def call(self, command: Command, *, write: bool = False) -> Any:
@@ -290,6 +291,8 @@ class SyncDriver:
             return lost
 
     def round_trip(self, step: RoundTrip) -> list[Any]:
+        """One round trip through the round-trip policy (a fast path when nothing goes wrong);
+        `background` ones go to the cleanup thread."""
         if step.background:
             # After a timeout the server may not answer for a while: the caller does not
             # wait for the cleanup.

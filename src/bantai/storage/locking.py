@@ -47,6 +47,7 @@ def shown_keys(keys: Sequence[Key]) -> str:
 
 
 def lock_timeout_error(options: StorageOptions, keys: Sequence[Key]) -> LockTimeoutError:
+    """The `LockTimeoutError` for `keys` ("Failed to acquire lock ...", like the original)."""
     return LockTimeoutError(
         f"Failed to acquire lock for {shown_keys(keys)} within {options.lock_timeout_ms} ms",
         keys=keys,

@@ -235,34 +235,43 @@ class MemoryStorage(Generic[T]):
         self.options = self._core.options
 
     def get(self, key: Key) -> T | None:
+        """See `StorageAdapter.get`."""
         return self._core.get(key)
 
     def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+        """See `StorageAdapter.set`."""
         self._core.set(key, value, ttl_ms)
 
     def delete(self, key: Key) -> None:
+        """See `StorageAdapter.delete`."""
         self._core.delete_many(_one(key))
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+        """See `StorageAdapter.get_many`."""
         return self._core.get_many(keys)
 
     def set_many(
         self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
     ) -> None:
+        """See `StorageAdapter.set_many`."""
         self._core.set_many(items, ttl_ms)
 
     def delete_many(self, keys: Iterable[Key]) -> None:
+        """See `StorageAdapter.delete_many`."""
         self._core.delete_many(keys)
 
     def update(self, key: Key, updater: Updater[T]) -> T | None:
+        """See `StorageAdapter.update`."""
         return run_sync(self._core.update_op(_one(key), updater, keyed=False))[0]
 
     def update_many(self, keys: Iterable[Key], updater: KeyedUpdater[T]) -> dict[Key, T | None]:
+        """See `StorageAdapter.update_many`."""
         key_list = check_keys(keys, unique=True)
         results = run_sync(self._core.update_op(key_list, updater, keyed=True)) if key_list else []
         return dict(zip(key_list, results, strict=True))
 
     def append(self, key: Key, item: Any) -> None:
+        """See `StorageAdapter.append`."""
         run_sync(self._core.append_op(key, item))
 
     def close(self) -> None:
@@ -286,31 +295,39 @@ class AsyncMemoryStorage(Generic[T]):
         self.options = self._core.options
 
     async def get(self, key: Key) -> T | None:
+        """See `StorageAdapter.get`."""
         return self._core.get(key)
 
     async def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+        """See `StorageAdapter.set`."""
         self._core.set(key, value, ttl_ms)
 
     async def delete(self, key: Key) -> None:
+        """See `StorageAdapter.delete`."""
         self._core.delete_many(_one(key))
 
     async def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+        """See `StorageAdapter.get_many`."""
         return self._core.get_many(keys)
 
     async def set_many(
         self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
     ) -> None:
+        """See `StorageAdapter.set_many`."""
         self._core.set_many(items, ttl_ms)
 
     async def delete_many(self, keys: Iterable[Key]) -> None:
+        """See `StorageAdapter.delete_many`."""
         self._core.delete_many(keys)
 
     async def update(self, key: Key, updater: Callable[[T | None], Any]) -> T | None:
+        """See `StorageAdapter.update`; the updater may be a coroutine function."""
         return (await run_async(self._core.update_op(_one(key), updater, keyed=False)))[0]
 
     async def update_many(
         self, keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
     ) -> dict[Key, T | None]:
+        """See `StorageAdapter.update_many`; the updater may be a coroutine function."""
         key_list = check_keys(keys, unique=True)
         if not key_list:
             return {}
@@ -318,6 +335,7 @@ class AsyncMemoryStorage(Generic[T]):
         return dict(zip(key_list, results, strict=True))
 
     async def append(self, key: Key, item: Any) -> None:
+        """See `StorageAdapter.append`."""
         await run_async(self._core.append_op(key, item))
 
     async def close(self) -> None:

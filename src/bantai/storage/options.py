@@ -62,6 +62,7 @@ class StorageOptions:
 
     @property
     def prefix_bytes(self) -> bytes:
+        """The prefix as bytes (UTF-8)."""
         p = self.prefix
         return p if isinstance(p, bytes) else p.encode("utf-8")
 

@@ -30,10 +30,12 @@ class StorageTools:
         return len(self._storages)
 
     def names(self) -> list[str]:
+        """The storages' names, in the order they were added."""
         return list(self._storages)
 
     @property
     def default(self) -> Any:
+        """The default storage (the first one added)."""
         return self._storages[self._default]
 
     def __getattr__(self, name: str) -> Any:
