@@ -1,10 +1,12 @@
 """`make bench` / `python -m benchmarks.run`: the benchmark suite.
 
-Starts a throwaway redis-server, then runs interleaved rounds of: the compiled build, the
-pure build (`BANTAI_NO_EXTENSIONS=1`), the hand-written redis-py + hiredis + pydantic-core
-baseline (each in its own child process, see `workloads.py`), sync and asyncio, and
-`redis-benchmark` on the same server as the ceiling. Reports medians, the target ratios,
-writes `benchmarks/results/bench-<time>.json` and, with matplotlib installed, a PNG chart.
+Starts a throwaway redis-server, then runs interleaved rounds of every competitor — one
+module each, with the same interface (`benchmarks/common.py`): `bench_bantai` (compiled,
+pure, compiled with busy-polling), `bench_redispy` (the hand-written redis-py + hiredis +
+pydantic-core baseline), `bench_limits` (the `limits` package), each in a child process of
+its own, sync and asyncio; and `bench_redis_benchmark` on the same server as the ceiling.
+Reports medians and the ratios with their targets (met / missed), writes
+`benchmarks/results/bench-<time>.json` and, with matplotlib installed, a PNG chart.
 
 `--smoke` runs one tiny round in seconds: CI uses it so the suite never rots.
 """
@@ -12,8 +14,6 @@ writes `benchmarks/results/bench-<time>.json` and, with matplotlib installed, a 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import platform
@@ -26,8 +26,20 @@ from typing import Any
 
 from bantai.redis import scripts
 from bantai.testing import LocalRedisServer
+from benchmarks.bench_redis_benchmark import measure_server as redis_benchmark
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Competitor -> (module, environment). "baseline" is the hand-written redis-py code.
+COMPETITORS: dict[str, tuple[str, dict[str, str]]] = {
+    "cython": ("bench_bantai", {"BANTAI_BENCH_EXPECT": "cython"}),
+    "python": ("bench_bantai", {"BANTAI_BENCH_EXPECT": "python", "BANTAI_NO_EXTENSIONS": "1"}),
+    "baseline": ("bench_redispy", {}),
+    "cython+busy-poll": (
+        "bench_bantai",
+        {"BANTAI_BENCH_EXPECT": "cython", "BANTAI_BENCH_BUSY_POLL_US": "100"},
+    ),
+    "limits": ("bench_limits", {}),
+}
 IMPLS = ("cython", "python", "baseline", "cython+busy-poll")
 WORKLOADS = (
     "get",
@@ -97,7 +109,7 @@ TARGETS = [
         "rate-limit consume / `limits` FixedWindowRateLimiter.hit",
         None,
         ("cython", "rate_limit_consume"),
-        ("baseline", "rate_limit_consume"),
+        ("limits", "rate_limit_consume"),
     ),
     (
         "async 50-task get / redis-benchmark GET c50 P1",
@@ -137,76 +149,16 @@ ASYNC_WORKLOADS = (
 )
 
 
-def run_workloads(impl: str, url: str, count: int, suite: str = "sync") -> dict[str, float]:
-    env = dict(os.environ)
-    env.pop("BANTAI_NO_EXTENSIONS", None)
-    if impl == "python":
-        env["BANTAI_NO_EXTENSIONS"] = "1"
-    if impl != "baseline":
-        env["BANTAI_BENCH_EXPECT"] = impl
+def run_workloads(name: str, url: str, count: int, suite: str = "sync") -> dict[str, float]:
+    """One competitor's round, in a child process (imported as a user would get it)."""
+    module, extra = COMPETITORS[name]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BANTAI_")}
+    env.update(extra)
+    argv = [sys.executable, "-m", f"benchmarks.{module}", "--url", url, "--count", str(count)]
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.workloads",
-            "--impl",
-            impl,
-            "--url",
-            url,
-            "--count",
-            str(count),
-            "--suite",
-            suite,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
+        [*argv, "--suite", suite], env=env, capture_output=True, text=True, timeout=600, check=True
     )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def redis_benchmark(server: LocalRedisServer, requests: int) -> dict[str, float]:
-    """The ceiling: redis-benchmark (C, hiredis) against the same server."""
-    base = [
-        "redis-benchmark",
-        "-h",
-        server.host,
-        "-p",
-        str(server.port),
-        "--csv",
-        "-n",
-        str(requests),
-    ]
-    consume = [
-        "EVALSHA",
-        scripts.RATE_LIMIT.sha.decode(),
-        "1",
-        "rb:rl",
-        "fixed-window",
-        "1000000000",
-        "3600000",
-        "1",
-        "0",
-    ]
-    acquire = ["EVALSHA", scripts.ACQUIRE.sha.decode(), "2", "rb:k", "rb:k:lock", "tok", "10000"]
-    runs = {
-        "GET c1 P1": [*base, "-c", "1", "-P", "1", "-t", "get"],
-        "SET c1 P1": [*base, "-c", "1", "-P", "1", "-t", "set"],
-        "GET c1 P16": [*base, "-c", "1", "-P", "16", "-t", "get"],
-        "EVALSHA acquire c1": [*base, "-c", "1", *acquire],
-        "EVALSHA rate_limit c1": [*base, "-c", "1", *consume],
-        "GET c50 P1": [*base, "-c", "50", "-P", "1", "-t", "get"],
-        "SET c50 P1": [*base, "-c", "50", "-P", "1", "-t", "set"],
-    }
-    out: dict[str, float] = {}
-    for name, argv in runs.items():
-        text = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True).stdout
-        rows = [r for r in csv.reader(io.StringIO(text)) if r and r[0] != "test"]
-        out[name] = float(rows[-1][1])
-    out["EVALSHA acquire c1 / 2"] = out["EVALSHA acquire c1"] / 2
-    return out
 
 
 def main() -> None:
@@ -218,7 +170,7 @@ def main() -> None:
     rounds, count, rb_requests = args.rounds, args.count, 20_000
     if args.smoke:
         rounds, count, rb_requests = 1, 100, 1000
-    names = (*IMPLS, *(f"async:{i}" for i in ASYNC_IMPLS), "rb")
+    names = (*IMPLS, "limits", *(f"async:{i}" for i in ASYNC_IMPLS), "rb")
     samples: dict[str, dict[str, list[float]]] = {k: {} for k in names}
     with LocalRedisServer() as server:
         import redis
@@ -234,7 +186,7 @@ def main() -> None:
             order = order[round_no % len(order) :] + order[: round_no % len(order)]
             for name in order:
                 if name == "rb":
-                    result = redis_benchmark(server, rb_requests)
+                    result = redis_benchmark(server.host, server.port, rb_requests)
                 elif name.startswith("async:"):
                     result = run_workloads(name[6:], server.url, count * 3, "async")
                 else:
@@ -271,7 +223,7 @@ def report(medians: dict[str, dict[str, float]], samples: dict[str, Any], *, smo
             continue
         value = medians[na][ka] / medians[nb][kb]
         ratios[name] = {"value": value, "target": target}
-        verdict = "" if target is None else ("  ok" if value >= target else "  MISSED")
+        verdict = "" if target is None else ("  met" if value >= target else "  MISSED")
         shown = "" if target is None else f" [>= {target}]"
         print(f"  {name:<58}{value:6.2f}{shown}{verdict}")
     RESULTS.mkdir(exist_ok=True)
