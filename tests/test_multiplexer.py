@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from tests.conftest import _compiled, _speedups_pure
+from tests.test_implementations import REPLIES  # the same reply kinds as the Wire parity test
 
 
 @pytest.fixture
@@ -88,20 +89,6 @@ def test_fail_fails_every_pending_waiter(twin: Any, loop: asyncio.AbstractEventL
     assert _result(done) == ([b"OK"], 0)
     assert half.exception() is error and whole.exception() is error
     assert mux.pending == 0
-
-
-REPLIES = [
-    b"+OK\r\n",
-    b"$5\r\nhello\r\n",
-    b"$-1\r\n",
-    b":42\r\n",
-    b"-NOSCRIPT No matching script.\r\n",
-    b"*3\r\n:1\r\n$3\r\nabc\r\n*0\r\n",
-    b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
-    b"_\r\n",
-    b"#f\r\n",
-    b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n",
-]
 
 
 def _normalise(value: Any) -> Any:
