@@ -245,6 +245,25 @@ def test_moved_records_the_new_owner_and_resends_only_that_command() -> None:
     assert run.result == [b"1", b"2"]
 
 
+def test_moved_again_waits_while_the_nodes_disagree() -> None:
+    """Just after a migration, nodes may bounce a command between them until all have
+    heard of the new owner: the second MOVED in one round trip waits before resending."""
+    router = Slots({b"a": N1}, [N1, N2])
+    run = Script(round_trip(RoundTrip((GET_A,)), router))
+    run.answer([MovedError("15495 127.0.0.1:2")])
+    router.owners[b"a"] = N2
+    run.answer(None)  # SlotMoved recorded; resent at once
+    assert run.last == Exchange(N2, [GET_A], write=False)
+    run.answer([MovedError("15495 127.0.0.1:1")])
+    router.owners[b"a"] = N1
+    run.answer(None)
+    assert isinstance(run.last, Sleep)
+    run.answer(None)
+    assert run.last == Exchange(N1, [GET_A], write=False)
+    run.answer([b"1"])
+    assert run.result == [b"1"]
+
+
 def test_ask_resends_to_the_target_with_asking_in_front() -> None:
     router = Slots({b"a": N1, b"b": N1}, [N1, N2])
     commit = (b"EVALSHA", scripts.COMMIT.sha, 2, b"a", b"a:lock", b"tok", b"none", b"", b"")

@@ -249,6 +249,9 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
                 elif isinstance(reply, MovedError):  # before AskError: it is a subclass
                     asking.pop(index, None)
                     yield SlotMoved(reply)
+                    # A second MOVED in one round trip: the nodes disagree while a slot's
+                    # new owner is being announced (a migration just ended); wait a moment.
+                    pause = pause or attempt > 0
                 elif isinstance(reply, AskError):
                     target = router.node_at(reply.host, reply.port)
                     if target is None:
