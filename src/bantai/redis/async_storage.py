@@ -15,8 +15,10 @@ from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
 from bantai.redis.async_driver import AsyncDriver
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
+from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
 from bantai.redis.storage import connection_source
-from bantai.storage.inputs import TTL, Key
+from bantai.storage.inputs import TTL, Key, encode_key
+from bantai.storage.locking import lock_timeout_error
 from bantai.storage.options import RedisStorageOptions, StorageOptions
 
 T = TypeVar("T")
@@ -49,6 +51,8 @@ class AsyncRedisStorage(Generic[T]):
         else:
             layout = KeyLayout(self.options.prefix_bytes)
         self._setup: ops.Setup[T] = ops.Setup(layout, codec_for(schema), self.options)
+        # Updates of one key through this adapter line up here before the Redis lock.
+        self._in_line = KeyQueue(self.options.lock_ttl_ms)
 
     @property
     def client(self) -> redis.asyncio.Redis | AsyncRedisCluster:
@@ -77,9 +81,24 @@ class AsyncRedisStorage(Generic[T]):
         await self._driver.run(ops.append(self._setup, key, item))
 
     async def update(self, key: Key, updater: Callable[[T | None], Any]) -> T | None:
-        """See `StorageAdapter.update`; the updater may be a coroutine function."""
-        op = ops.update(self._setup, key, updater)
-        return await self._driver.run(op)
+        """See `StorageAdapter.update`; the updater may be a coroutine function. Tasks
+        updating the same key through this adapter line up in-process (FIFO): only the
+        first competes for the Redis lock, the next goes as soon as it is done."""
+        raw = encode_key(key)
+        deadline = time.monotonic() + self.options.lock_timeout_ms / 1000.0
+        turn = await self._in_line.acquire_async(raw, deadline)
+        if turn == TIMED_OUT:
+            raise lock_timeout_error(self.options, (key,))
+        op = ops.update(self._setup, key, updater, deadline=deadline)
+        failure: BaseException | None = None
+        try:
+            return await self._driver.run(op)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if turn == GOT_TURN:
+                self._in_line.release(raw, failure)
 
     async def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
         """See `StorageAdapter.get_many`."""

@@ -297,6 +297,7 @@ def _acquire(
     value_keys: Sequence[bytes],
     lock_keys: Sequence[bytes],
     token: bytes,
+    deadline: float | None = None,
 ) -> Operation[list[bytes | str | None]]:
     """Take every lock and return the current raw values. All or nothing: each slot group's
     script takes all of its locks or none, and when any group was busy the groups that
@@ -327,11 +328,16 @@ def _acquire(
             yield from _release(setup, lock_keys, token)
         return not busy, raw_values, busy
 
-    return (yield from until_free(setup.options, attempt))
+    return (yield from until_free(setup.options, attempt, deadline))
 
 
 def locked_update(
-    setup: Setup[T], keys: Sequence[Key], updater: Callable[..., Any], *, keyed: bool
+    setup: Setup[T],
+    keys: Sequence[Key],
+    updater: Callable[..., Any],
+    *,
+    keyed: bool,
+    deadline: float | None = None,
 ) -> Operation[list[T | None]]:
     """Lock every key, read, run the updater in the client, validate, then commit all keys
     of a group atomically in one script that checks the locks still hold our token.
@@ -345,7 +351,7 @@ def locked_update(
     token = new_token()
     acquired = False
     try:
-        raw_values = yield from _acquire(setup, keys, value_keys, lock_keys, token)
+        raw_values = yield from _acquire(setup, keys, value_keys, lock_keys, token, deadline)
         acquired = True
         plans = yield from plan_updates(setup.codec, keys, raw_values, updater, keyed=keyed)
     except GeneratorExit:
@@ -412,10 +418,16 @@ def locked_update(
     return [plan.value for plan in plans]
 
 
-def update(setup: Setup[T], key: Key, updater: Callable[[T | None], Any]) -> Operation[T | None]:
-    """`update` of one key (see `locked_update`)."""
+def update(
+    setup: Setup[T],
+    key: Key,
+    updater: Callable[[T | None], Any],
+    deadline: float | None = None,
+) -> Operation[T | None]:
+    """`update` of one key (see `locked_update`); `deadline` (monotonic) for the lock wait
+    when the caller already waited in line for its turn."""
     encode_key(key)
-    (result,) = yield from locked_update(setup, (key,), updater, keyed=False)
+    (result,) = yield from locked_update(setup, (key,), updater, keyed=False, deadline=deadline)
     return result
 
 

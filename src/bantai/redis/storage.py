@@ -14,8 +14,10 @@ from bantai.errors import InvalidOptionError
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
+from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
 from bantai.redis.sync_driver import SyncDriver
-from bantai.storage.inputs import TTL, Key
+from bantai.storage.inputs import TTL, Key, encode_key
+from bantai.storage.locking import lock_timeout_error
 from bantai.storage.options import RedisStorageOptions, StorageOptions
 from bantai.storage.protocol import KeyedUpdater, Updater
 
@@ -28,7 +30,7 @@ class RedisStorage(Generic[T]):
     Create it with `create_redis_storage`. Thread-safe; one instance per schema and prefix
     is meant to be shared by the whole process."""
 
-    __slots__ = ("_client", "_driver", "_owns_client", "_setup", "options")
+    __slots__ = ("_client", "_driver", "_in_line", "_owns_client", "_setup", "options")
 
     def __init__(
         self,
@@ -47,6 +49,8 @@ class RedisStorage(Generic[T]):
         else:
             layout = KeyLayout(self.options.prefix_bytes)
         self._setup: ops.Setup[T] = ops.Setup(layout, codec_for(schema), self.options)
+        # Updates of one key through this adapter line up here before the Redis lock.
+        self._in_line = KeyQueue(self.options.lock_ttl_ms)
 
     @property
     def client(self) -> redis.Redis | RedisCluster:
@@ -76,9 +80,24 @@ class RedisStorage(Generic[T]):
 
     def update(self, key: Key, updater: Updater[T]) -> T | None:
         """Atomic read-modify-write under a distributed lock; returns the new value (or the
-        current one when the updater returns None and nothing is written)."""
-        op = ops.update(self._setup, key, updater)
-        return self._driver.run(op)
+        current one when the updater returns None and nothing is written). Threads
+        updating the same key through this adapter line up in-process (FIFO): only the
+        first competes for the Redis lock, the next goes as soon as it is done."""
+        raw = encode_key(key)
+        deadline = time.monotonic() + self.options.lock_timeout_ms / 1000.0
+        turn = self._in_line.acquire(raw, deadline)
+        if turn == TIMED_OUT:
+            raise lock_timeout_error(self.options, (key,))
+        op = ops.update(self._setup, key, updater, deadline=deadline)
+        failure: BaseException | None = None
+        try:
+            return self._driver.run(op)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if turn == GOT_TURN:
+                self._in_line.release(raw, failure)
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
         """Values of several keys in one round trip."""

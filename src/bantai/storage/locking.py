@@ -25,20 +25,33 @@ Attempt = Callable[[], Operation["tuple[bool, R | None, Sequence[Key]]"]]
 """One try: an operation returning (got it, its result, the keys that were busy)."""
 
 
-def until_free(options: StorageOptions, attempt: Attempt[R]) -> Operation[R]:
-    """Run `attempt` until it succeeds; between tries pause `lock_retry_ms` with jitter
-    (concurrent waiters spread out instead of retrying in lock step), never holding
-    anything. `LockTimeoutError` naming the busy keys once `lock_timeout_ms` has passed."""
-    deadline = time.monotonic() + options.lock_timeout_ms / 1000.0
-    retry = options.lock_retry_ms / 1000.0
+# The first pause after a busy lock: about one loopback round trip. It doubles with every
+# busy attempt up to `lock_retry_ms`, so a lock freed a moment later is taken a moment
+# later, while a long hold costs the server one poll per `lock_retry_ms`.
+FIRST_PAUSE_S = 0.001
+
+
+def until_free(
+    options: StorageOptions, attempt: Attempt[R], deadline: float | None = None
+) -> Operation[R]:
+    """Run `attempt` until it succeeds; between tries pause with jitter (concurrent
+    waiters spread out instead of retrying in lock step), starting near one round trip
+    and doubling up to `lock_retry_ms`, never holding anything and never past the
+    deadline (`lock_timeout_ms` from now unless given, on the monotonic clock).
+    `LockTimeoutError` naming the busy keys once it has passed."""
+    if deadline is None:
+        deadline = time.monotonic() + options.lock_timeout_ms / 1000.0
+    cap = options.lock_retry_ms / 1000.0
+    pause = min(cap, FIRST_PAUSE_S)
     while True:
         done, result, busy = yield from attempt()
         if done:
             return result  # type: ignore[return-value]
-        pause = min(deadline - time.monotonic(), retry * (0.5 + random.random() / 2))
-        if pause <= 0:
+        wait = min(deadline - time.monotonic(), pause * (0.5 + random.random() / 2))
+        if wait <= 0:
             raise lock_timeout_error(options, busy)
-        yield Sleep(pause)
+        yield Sleep(wait)
+        pause = min(cap, pause * 2)
 
 
 def shown_keys(keys: Sequence[Key]) -> str:
