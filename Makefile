@@ -8,7 +8,8 @@ STAMP := $(VENV)/.bantai-installed
 
 # The extension must build here: BANTAI_REQUIRE_EXTENSIONS=1 turns a silent fallback to
 # pure Python into a failed install.
-$(STAMP): pyproject.toml setup.py src/bantai/redis/_speedups.pyx
+$(STAMP): pyproject.toml setup.py src/bantai/redis/_speedups.pyx src/bantai/redis/_single_key.pyx \
+  src/bantai/redis/single_key.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	BANTAI_REQUIRE_EXTENSIONS=1 $(PY) -m pip install --quiet -e ".[dev]"
@@ -53,4 +54,4 @@ test: lint typecheck unit packaging bench-smoke
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache \
-	  src/bantai/redis/_speedups.c src/bantai/redis/*.so
+	  src/bantai/redis/_speedups.c src/bantai/redis/_single_key.c src/bantai/redis/*.so

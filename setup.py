@@ -1,7 +1,8 @@
-"""Builds the compiled hot path (`bantai.redis._speedups`).
+"""Builds the compiled hot path: `bantai.redis._speedups` and `bantai.redis._single_key`
+(the single-key update, compiled from the same source as its pure twin `single_key.py`).
 
-- With Cython installed, the extension is compiled from `_speedups.pyx`; without it, from
-  the generated `_speedups.c` that the sdist ships.
+- With Cython installed, the extensions are compiled from their `.pyx`; without it, from
+  the generated `.c` files that the sdist ships.
 - If the compiler fails, a loud banner is printed and the pure-Python twin is installed
   instead — unless `BANTAI_REQUIRE_EXTENSIONS=1`, which turns the failure into an error
   (wheels and CI use it, so a silently slow build can never ship).
@@ -18,8 +19,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
-PYX = "src/bantai/redis/_speedups.pyx"
-C_FILE = "src/bantai/redis/_speedups.c"
+MODULES = ("_speedups", "_single_key")
+SRC = "src/bantai/redis"
 
 
 def _flag(name: str) -> bool:
@@ -44,15 +45,16 @@ def _extensions() -> list[Extension]:
     try:
         from Cython.Build import cythonize
     except ImportError:
-        if (HERE / C_FILE).exists():
-            return [Extension("bantai.redis._speedups", [C_FILE])]
+        c_files = [f"{SRC}/{name}.c" for name in MODULES]
+        if all((HERE / c).exists() for c in c_files):
+            return [Extension(f"bantai.redis.{n}", [c]) for n, c in zip(MODULES, c_files)]
         if REQUIRE:
             raise RuntimeError("BANTAI_REQUIRE_EXTENSIONS=1 but neither Cython nor the "
-                               f"generated {C_FILE} is available") from None
-        sys.stderr.write(BANNER.format(reason="no Cython and no generated C file"))
+                               "generated C files are available") from None
+        sys.stderr.write(BANNER.format(reason="no Cython and no generated C files"))
         return []
     return cythonize(
-        [Extension("bantai.redis._speedups", [PYX])],
+        [Extension(f"bantai.redis.{name}", [f"{SRC}/{name}.pyx"]) for name in MODULES],
         compiler_directives={"language_level": "3"},
         quiet=True,
     )

@@ -14,8 +14,10 @@ rm -rf dist
 sdist=$(ls "$work"/dist/bantai-*.tar.gz)
 wheel=$(ls "$work"/dist/bantai-*.whl)
 tar -tzf "$sdist" >"$work/sdist.txt"
-grep -q 'src/bantai/redis/_speedups.c' "$work/sdist.txt" || {
-  echo "FAIL: the sdist does not ship the generated _speedups.c"; exit 1; }
+for generated in _speedups.c _single_key.c; do
+  grep -q "src/bantai/redis/$generated" "$work/sdist.txt" || {
+    echo "FAIL: the sdist does not ship the generated $generated"; exit 1; }
+done
 
 python_of_venv="$work/venv/bin/python"
 "$PY" -m venv "$work/venv"

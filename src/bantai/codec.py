@@ -38,7 +38,6 @@ T = TypeVar("T")
 # would silently change the value. So output that contains `null` is read back once and
 # compared: a value that does not survive its own JSON round trip is refused.
 _SERIALIZER_CONFIG = cs.CoreConfig(ser_json_inf_nan="constants")
-_NON_FINITE_MARKERS = (b"NaN", b"Infinity")
 
 
 def _reject_constant(name: str) -> Any:
@@ -70,40 +69,44 @@ class ValueCodec(Generic[T]):
         if items is not None:
             self.item_codec = ValueCodec(items)
 
-    def validate(self, value: object, *, what: str, key: Key | None = None) -> T:
+    def validate(self, value: object, *, what: str) -> T:
         """Validate `value` (described as `what` in the error, e.g. "policy input")."""
         try:
             return cast(T, self._validator.validate_python(value))
         except ValidationError as exc:
-            raise InvalidValueError(
-                f"{what} does not match the schema: {_describe(exc)}", key=key
-            ) from None
+            raise InvalidValueError(f"{what} does not match the schema: {_describe(exc)}") from None
 
     def encode(self, value: object, key: Key) -> tuple[T, bytes]:
-        """Validate the value for `key` and return `(validated value, compact JSON bytes)`."""
-        what = f"value for key {key!r}"
-        validated = self.validate(value, what=what, key=key)
+        """Validate the value for `key` and return `(validated value, compact JSON bytes)`.
+        (Error messages are built only on failure: this is on every write's hot path.)"""
+        try:
+            validated = self._validator.validate_python(value)
+        except ValidationError as exc:
+            raise InvalidValueError(
+                f"value for key {key!r} does not match the schema: {_describe(exc)}", key=key
+            ) from None
         try:
             data: bytes = self._serializer.to_json(validated, by_alias=True)
         except PydanticSerializationError as exc:
             # e.g. an `any` field holding an object JSON has no form for
             raise InvalidValueError(
-                f"{what} cannot be serialised as JSON: {exc}", key=key
+                f"value for key {key!r} cannot be serialised as JSON: {exc}", key=key
             ) from None
-        if _NON_FINITE_MARKERS[0] in data or _NON_FINITE_MARKERS[1] in data:
+        if b"NaN" in data or b"Infinity" in data:
             try:
                 json.loads(data, parse_constant=_reject_constant)
             except ValueError:
                 raise InvalidValueError(
-                    f"{what} contains NaN or Infinity, which JSON cannot represent", key=key
+                    f"value for key {key!r} contains NaN or Infinity, which JSON cannot represent",
+                    key=key,
                 ) from None
         if b"null" in data and not self._survives_round_trip(validated, data):
             raise InvalidValueError(
-                f"{what} cannot be stored as JSON without changing it "
+                f"value for key {key!r} cannot be stored as JSON without changing it "
                 "(NaN and Infinity become null)",
                 key=key,
             )
-        return validated, data
+        return cast(T, validated), data
 
     def append_item_codec(self) -> ValueCodec[Any] | None:
         """For `append`: the item codec of a plain list schema; None for a list whose

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -16,7 +16,9 @@ from bantai.redis import operations as ops
 from bantai.redis.async_driver import AsyncDriver
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
+from bantai.redis.speedups import consume_one, new_token, update_one
 from bantai.redis.storage import connection_source
+from bantai.steps import Operation
 from bantai.storage.inputs import TTL, Key, encode_key
 from bantai.storage.locking import lock_timeout_error
 from bantai.storage.options import RedisStorageOptions, StorageOptions
@@ -89,10 +91,15 @@ class AsyncRedisStorage(Generic[T]):
         turn = await self._in_line.acquire_async(raw, deadline)
         if turn == TIMED_OUT:
             raise lock_timeout_error(self.options, (key,))
-        op = ops.update(self._setup, key, updater, deadline=deadline)
+        setup = self._setup
+        op: Operation[Any]
+        if "eviction-policy" in setup.done:  # the single-key hot path (after the first)
+            op = update_one(setup, key, updater, new_token(), deadline)
+        else:
+            op = ops.update(setup, key, updater, deadline=deadline)
         failure: BaseException | None = None
         try:
-            return await self._driver.run(op)
+            return cast("T | None", await self._driver.run(op))
         except BaseException as exc:
             failure = exc
             raise
@@ -124,7 +131,7 @@ class AsyncRedisStorage(Generic[T]):
         self, config: RateLimitConfig, key: str, cost: int, now: int
     ) -> RateLimitResult:
         """Internal hook of `rate_limit.consume_async`: one Lua script, one round trip."""
-        op = ops.consume(self._setup, config, key, cost, now, time.time_ns() // 1_000_000)
+        op = consume_one(self._setup, config, key, cost, now, time.time_ns() // 1_000_000)
         return await self._driver.run(op)
 
     async def close(self) -> None:

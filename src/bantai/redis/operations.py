@@ -14,7 +14,6 @@ repeated in a driver.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,20 +21,26 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.codec import ValueCodec
 from bantai.errors import (
-    LockLostError,
     LockTimeoutError,
     StoredValueError,
     UpdateOutcomeUnknownError,
-    WriteOutcomeUnknownError,
-    WrongTypeError,
 )
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, explain, state_key
 from bantai.redis import scripts
 from bantai.redis.keys import KeyLayout
+from bantai.redis.replies import (
+    Arg,
+    check_reply,
+    commit_reply_lost,
+    evalsha,
+    lock_lost,
+    lost_write,
+    release_command,
+    unanswered,
+)
 from bantai.redis.round_trip import Command, ReplyLost, RoundTrip
 from bantai.redis.speedups import new_token
 from bantai.steps import Operation
@@ -47,13 +52,11 @@ from bantai.storage.inputs import (
     encode_key,
     ttl_to_ms,
 )
-from bantai.storage.locking import shown_keys, until_free
+from bantai.storage.locking import until_free
 from bantai.storage.options import StorageOptions
 from bantai.storage.updates import plan_updates
 
 T = TypeVar("T")
-
-Arg = bytes | str | int
 
 
 @dataclass(slots=True)
@@ -103,40 +106,6 @@ def warn_if_locks_evictable(setup: Setup[Any]) -> Operation[None]:
             "database that holds locks",
             policy.decode(errors="replace"),
         )
-
-
-def evalsha(script: scripts.Script, keys: Sequence[bytes], args: Sequence[Arg]) -> Command:
-    """An EVALSHA command for `script` (loaded on NOSCRIPT by the round-trip policy)."""
-    return (b"EVALSHA", script.sha, len(keys), *keys, *args)
-
-
-# --- replies ----------------------------------------------------------------------------
-
-
-def lost_write(what: str, keys: Sequence[Key], lost: ReplyLost) -> WriteOutcomeUnknownError:
-    """The error for a write whose reply was lost: it may or may not have happened."""
-    return WriteOutcomeUnknownError(
-        f"{what} of {shown_keys(keys)} was sent but its reply was lost ({lost.__cause__!r}); "
-        "it may or may not have been applied, and it was not resent",
-        keys=keys,
-    )
-
-
-def check_reply(reply: Any, keys: Sequence[Key]) -> Any:
-    """Raise an error reply, naming the keys; return any other reply unchanged. A lost
-    reply of a write (the drivers' `call` returns `ReplyLost` in its place) raises
-    `WriteOutcomeUnknownError`."""
-    if isinstance(reply, Exception):
-        if type(reply) is ReplyLost:
-            raise lost_write("write", keys, reply) from reply.__cause__
-        if "WRONGTYPE" in str(reply):
-            shown = keys[0] if len(keys) == 1 else list(keys)
-            raise WrongTypeError(
-                f"key {shown!r} holds a non-string Redis type, not a bantai value: {reply}",
-                key=keys[0],
-            ) from reply
-        raise reply
-    return reply
 
 
 # --- plain reads and writes ---------------------------------------------------------------
@@ -265,14 +234,6 @@ def delete_many(setup: Setup[T], keys: Iterable[Key]) -> Operation[None]:
 # --- locking ------------------------------------------------------------------------------
 
 
-def _unanswered(failure: BaseException | None) -> bool:
-    """Whether a failure means the server is not answering (a timeout) or the caller has
-    gone (cancelled): then a cleanup must not make anyone wait."""
-    if isinstance(failure, ReplyLost):
-        failure = failure.__cause__
-    return isinstance(failure, (RedisTimeoutError, asyncio.CancelledError))
-
-
 def _release(
     setup: Setup[Any],
     lock_keys: Sequence[bytes],
@@ -284,11 +245,11 @@ def _release(
     if not lock_keys:
         return
     commands = [
-        evalsha(scripts.RELEASE, [lock_keys[i] for i in group], (token,))
+        release_command([lock_keys[i] for i in group], token)
         for group in setup.layout.groups(lock_keys)
     ]
     with contextlib.suppress(Exception):
-        yield RoundTrip(commands, background=_unanswered(after))
+        yield RoundTrip(commands, background=unanswered(after))
 
 
 def _acquire(
@@ -387,11 +348,7 @@ def locked_update(
         # Either way the outcome is settled once the release is through, and the lock does
         # not block others until its TTL.
         yield from _release(setup, lock_keys, token, after=lost)
-        raise UpdateOutcomeUnknownError(
-            f"commit of {shown_keys(keys)} was sent but its reply was lost "
-            f"({lost.__cause__!r}); the write may or may not have happened",
-            keys=keys,
-        ) from lost.__cause__
+        raise commit_reply_lost(keys, lost) from lost.__cause__
     except GeneratorExit:
         raise
     except BaseException as exc:
@@ -409,12 +366,7 @@ def locked_update(
         yield from _release(setup, lock_keys, token)
         check_reply(error, keys)
     if lost_keys:
-        raise LockLostError(
-            f"lock on {shown_keys(lost_keys)} expired (lock_ttl_ms={setup.options.lock_ttl_ms}) "
-            "and was taken by another client before the commit; nothing was written"
-            + ("" if len(groups) == 1 else " for their slot groups"),
-            keys=lost_keys,
-        )
+        raise lock_lost(lost_keys, setup.options.lock_ttl_ms, several_groups=len(groups) > 1)
     return [plan.value for plan in plans]
 
 

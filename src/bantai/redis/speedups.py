@@ -1,6 +1,7 @@
-"""Decides, once, whether the compiled hot path (`_speedups`, Cython) or its pure-Python
-twin (`_speedups_pure`) is used. `BANTAI_NO_EXTENSIONS=1` forces the pure twin; so does a
-missing or unloadable extension. `IMPLEMENTATION` says which one is active.
+"""Decides, once, whether the compiled hot path (`_speedups` and `_single_key`, Cython) or
+its pure-Python twin (`_speedups_pure` and `single_key`) is used. `BANTAI_NO_EXTENSIONS=1`
+forces the pure twin; so does a missing or unloadable extension. `IMPLEMENTATION` says
+which one is active.
 
 Type checkers read the pure twin (the `TYPE_CHECKING` branch): its annotations are the
 contract, and `_speedups.pyi` states the same for the extension."""
@@ -16,16 +17,28 @@ IMPLEMENTATION: Literal["cython", "python"]
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from bantai.redis._speedups_pure import Multiplexer, Wire, new_token, pack_commands
+    from bantai.redis.single_key import consume_one, update_one
 
     IMPLEMENTATION = "python"
 else:
     try:
+        from bantai.redis._single_key import consume_one, update_one
         from bantai.redis._speedups import Multiplexer, Wire, new_token, pack_commands
 
         IMPLEMENTATION = "cython"
     except ImportError:
         from bantai.redis._speedups_pure import Multiplexer, Wire, new_token, pack_commands
+        from bantai.redis.single_key import consume_one, update_one
 
         IMPLEMENTATION = "python"
 
-__all__ = ["IMPLEMENTATION", "NO_EXTENSIONS", "Multiplexer", "Wire", "new_token", "pack_commands"]
+__all__ = [
+    "IMPLEMENTATION",
+    "NO_EXTENSIONS",
+    "Multiplexer",
+    "Wire",
+    "new_token",
+    "consume_one",
+    "pack_commands",
+    "update_one",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 from redis.cluster import RedisCluster
@@ -15,7 +15,9 @@ from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
+from bantai.redis.speedups import consume_one, new_token, update_one
 from bantai.redis.sync_driver import SyncDriver
+from bantai.steps import Operation
 from bantai.storage.inputs import TTL, Key, encode_key
 from bantai.storage.locking import lock_timeout_error
 from bantai.storage.options import RedisStorageOptions, StorageOptions
@@ -88,10 +90,15 @@ class RedisStorage(Generic[T]):
         turn = self._in_line.acquire(raw, deadline)
         if turn == TIMED_OUT:
             raise lock_timeout_error(self.options, (key,))
-        op = ops.update(self._setup, key, updater, deadline=deadline)
+        setup = self._setup
+        op: Operation[Any]
+        if "eviction-policy" in setup.done:  # the single-key hot path (after the first)
+            op = update_one(setup, key, updater, new_token(), deadline)
+        else:
+            op = ops.update(setup, key, updater, deadline=deadline)
         failure: BaseException | None = None
         try:
-            return self._driver.run(op)
+            return cast("T | None", self._driver.run(op))
         except BaseException as exc:
             failure = exc
             raise
@@ -122,7 +129,7 @@ class RedisStorage(Generic[T]):
         self, config: RateLimitConfig, key: str, cost: int, now: int
     ) -> RateLimitResult:
         """Internal hook of `rate_limit.consume`: one Lua script, one round trip."""
-        op = ops.consume(self._setup, config, key, cost, now, time.time_ns() // 1_000_000)
+        op = consume_one(self._setup, config, key, cost, now, time.time_ns() // 1_000_000)
         return self._driver.run(op)
 
     def close(self) -> None:
