@@ -263,9 +263,23 @@ class AsyncDriver:
                 self._ready = True
             return await run_async(round_trip(step, self._router), self._perform)
         # Fast path (see the sync driver): the policy only runs when this exchange failed
-        # or brought an error reply.
+        # or brought an error reply. On an open channel of this loop, without a frame more.
+        channel = main.channel
         try:
-            replies, errors = await self._exchange(main, step.commands)
+            if (
+                channel is not None
+                and channel.closed is None
+                and channel.loop is asyncio.get_running_loop()
+            ):
+                sequence = channel.queued
+                try:
+                    replies, errors = await channel.send(step.commands)
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    if not channel.sent(sequence):
+                        raise NotSent(type(exc) is RedisConnectionError) from exc
+                    raise
+            else:
+                replies, errors = await self._exchange(main, step.commands)
         except BaseException as exc:
             policy = answered(round_trip(step, self._router), None, exc)
             return await run_async(policy, self._perform)

@@ -18,7 +18,7 @@ from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
 from bantai.redis.speedups import consume_one, new_token, update_one
 from bantai.redis.storage import connection_source
-from bantai.steps import Operation
+from bantai.steps import Operation, run_async
 from bantai.storage.inputs import TTL, Key, encode_key
 from bantai.storage.locking import lock_timeout_error
 from bantai.storage.options import RedisStorageOptions, StorageOptions
@@ -99,7 +99,7 @@ class AsyncRedisStorage(Generic[T]):
             op = ops.update(setup, key, updater, deadline=deadline)
         failure: BaseException | None = None
         try:
-            return cast("T | None", await self._driver.run(op))
+            return cast("T | None", await run_async(op, self._driver.round_trip))
         except BaseException as exc:
             failure = exc
             raise
@@ -132,7 +132,7 @@ class AsyncRedisStorage(Generic[T]):
     ) -> RateLimitResult:
         """Internal hook of `rate_limit.consume_async`: one Lua script, one round trip."""
         op = consume_one(self._setup, config, key, cost, now, time.time_ns() // 1_000_000)
-        return await self._driver.run(op)
+        return await run_async(op, self._driver.round_trip)
 
     async def close(self) -> None:
         """Close the shared connection, and the client if the adapter created it. Later
