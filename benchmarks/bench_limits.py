@@ -4,7 +4,7 @@ is not installed."""
 
 from __future__ import annotations
 
-from benchmarks.common import cli, timed
+from benchmarks.common import Results, cli
 
 
 def measure(url: str, count: int, suite: str) -> dict[str, float]:
@@ -16,7 +16,9 @@ def measure(url: str, count: int, suite: str) -> dict[str, float]:
         return {}
     limiter = strategies.FixedWindowRateLimiter(storage.storage_from_string(url))
     item = parse("1000000000/hour")
-    return {"rate_limit_consume": timed(lambda: limiter.hit(item, "api"), count)}
+    out = Results()
+    out.timed("rate_limit_consume", lambda: limiter.hit(item, "api"), count)
+    return out
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import redis
 import redis.asyncio
 
 from bantai.redis import scripts
-from benchmarks.common import ASYNC_SHAPES, BATCH, ITEM, Item, bump, cli, timed, timed_tasks
+from benchmarks.common import ASYNC_SHAPES, BATCH, ITEM, Item, Results, bump, cli, run_loop
 
 VALIDATOR = Item.__pydantic_validator__
 SERIALIZER = Item.__pydantic_serializer__
@@ -19,8 +19,8 @@ SERIALIZER = Item.__pydantic_serializer__
 
 def measure(url: str, count: int, suite: str) -> dict[str, float]:
     if suite == "async":
-        return asyncio.run(_asyncio(url, count))
-    return _sync(url, count)
+        return run_loop(_asyncio(url, count))  # type: ignore[no-any-return]
+    return _sync(url, count) if suite == "sync" else {}
 
 
 def _sync(url: str, count: int) -> dict[str, float]:
@@ -66,13 +66,12 @@ def _sync(url: str, count: int) -> dict[str, float]:
             commit(keys=[k, k + ":lock"], args=[token, "keep", data, ""], client=pipe)
         return pipe.execute()
 
-    out = {
-        "get": timed(get, count),
-        "set_ttl": timed(set_ttl, count),
-        "update": timed(update, count // 2),
-        "get_many_100": timed(get_many, count // 20, BATCH),
-        "update_many_100": timed(update_many, count // 50, BATCH),
-    }
+    out = Results()
+    out.timed("get", get, count)
+    out.timed("set_ttl", set_ttl, count)
+    out.timed("update", update, count // 2)
+    out.timed("get_many_100", get_many, count // 20, BATCH)
+    out.timed("update_many_100", update_many, count // 50, BATCH)
     client.close()
     return out
 
@@ -106,11 +105,11 @@ async def _asyncio(url: str, count: int) -> dict[str, float]:
         await commit(keys=[key, key + ":lock"], args=[token, "keep", SERIALIZER.to_json(new), ""])
         return new
 
-    out: dict[str, float] = {}
+    out = Results()
     for tasks, label in ASYNC_SHAPES:
-        out[f"get {label}"] = await timed_tasks(get, count, tasks)
-        out[f"set {label}"] = await timed_tasks(set_ttl, count, tasks)
-        out[f"update {label}"] = await timed_tasks(update, count // 2, tasks)
+        await out.timed_tasks(f"get {label}", get, count, tasks)
+        await out.timed_tasks(f"set {label}", set_ttl, count, tasks)
+        await out.timed_tasks(f"update {label}", update, count // 2, tasks)
     await client.aclose()
     return out
 
