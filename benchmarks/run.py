@@ -211,8 +211,10 @@ def run_workloads(name: str, url: str, count: int) -> dict[str, float]:
     env.update(extra)
     argv = [sys.executable, "-m", f"benchmarks.{module}", "--url", url, "--count", str(count)]
     out = subprocess.run(
-        [*argv, "--suite", suite], env=env, capture_output=True, text=True, timeout=900, check=True
+        [*argv, "--suite", suite], env=env, capture_output=True, text=True, timeout=900
     )
+    if out.returncode:
+        raise SystemExit(f"{name} failed:\n{out.stderr}")
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 

@@ -242,3 +242,55 @@ def test_consume_one_behaves_like_the_generic_consume(
         fast = run(twin.consume_one(setup, config, "api", 1, now, client_now))
         fast.append(("learned clock offset", setup.clock_offset_ms))
         assert fast == generic, twin.__name__
+
+
+APPEND_REPLIES = [
+    ("appended", [[1]]),
+    ("busy", [[0]]),
+    ("not-an-array", [[-1]]),
+    ("wrongtype", [ResponseError("WRONGTYPE Operation against a key holding the wrong kind")]),
+    ("reply-lost", lambda: _lost(RedisConnectionError("reset"))),
+    ("timeout", RedisTimeoutError),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(APPEND_REPLIES), min_size=1, max_size=4),
+    st.sampled_from([1, "not an int"]),
+    st.booleans(),
+    st.sampled_from([0, 5000]),
+)
+def test_append_one_behaves_like_the_generic_append(
+    replies: list[Any], item: Any, cluster: bool, lock_timeout_ms: int
+) -> None:
+    def run(gen: Generator[Any, Any, Any]) -> list[Any]:
+        trace: list[Any] = []
+        answers = list(replies)
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = gen.send(value) if error is None else gen.throw(error)
+            except StopIteration as stop:
+                trace.append(("return", stop.value))
+                return trace
+            except BaseException as exc:
+                trace.append(("raise", type(exc).__name__, str(exc)))
+                return trace
+            value, error = None, None
+            if type(step) is Sleep:
+                trace.append(("sleep",))
+                continue
+            trace.append(("rt", list(step.commands), step.retry_safe, step.background))
+            spec = answers.pop(0) if answers else APPEND_REPLIES[0]
+            value, error = _answer(spec[1])
+
+    def setup() -> ops.Setup[Any]:
+        layout = ClusterKeyLayout(b"p:") if cluster else KeyLayout(b"p:")
+        options = RedisStorageOptions(lock_timeout_ms=lock_timeout_ms, lock_ttl_ms=10_000)
+        return ops.Setup(layout, codec_for(list[int]), options, {"eviction-policy"})
+
+    generic = run(ops.append(setup(), "log", item))
+    for twin in TWINS:
+        assert run(twin.append_one(setup(), "log", item)) == generic, twin.__name__

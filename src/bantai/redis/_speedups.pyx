@@ -200,6 +200,7 @@ cdef class Wire:
         cdef Py_ssize_t remaining = len(commands)
         cdef Py_ssize_t errors = 0
         cdef bint raw = type(sock) is _plain_socket
+        cdef bint wait_first
         cdef int fd = -1
         cdef int timeout_ms = -1
         gets = self.reader.gets
@@ -221,11 +222,16 @@ cdef class Wire:
                 fd = sock.fileno()
                 with nogil:
                     _spin_until_readable(fd, spin_us)
+            # Right after a send the reply is almost never there yet: wait for it first
+            # (poll, then recv, as Python's own socket does) instead of a recv that fails
+            # with EAGAIN. Once data flows, or after busy-polling, recv first.
+            wait_first = spin_us <= 0
             while remaining:
                 reply = gets()
                 if reply is _INCOMPLETE:
                     if raw:
-                        feed(self._buffer, 0, self._recv_some(fd, timeout_ms))
+                        feed(self._buffer, 0, self._recv_some(fd, timeout_ms, wait_first))
+                        wait_first = False
                     else:
                         data = sock.recv(_READ_SIZE)
                         if not data:
@@ -274,10 +280,12 @@ cdef class Wire:
             else:
                 raise OSError(err, _strerror(err))
 
-    cdef Py_ssize_t _recv_some(self, int fd, int timeout_ms) except -1:
+    cdef Py_ssize_t _recv_some(self, int fd, int timeout_ms, bint wait_first) except -1:
         cdef char* buf = PyByteArray_AS_STRING(self._buffer)
         cdef ssize_t n
         cdef int err
+        if wait_first:
+            self._ready(fd, POLLIN, timeout_ms)
         while True:
             with nogil:
                 n = recv(fd, buf, _READ_SIZE, 0)

@@ -16,7 +16,7 @@ from bantai.redis import operations as ops
 from bantai.redis.async_driver import AsyncDriver
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
-from bantai.redis.speedups import consume_one, new_token, update_one
+from bantai.redis.speedups import append_one, consume_one, new_token, update_one
 from bantai.redis.storage import connection_source
 from bantai.steps import Operation, run_async
 from bantai.storage.inputs import TTL, Key, encode_key
@@ -80,7 +80,11 @@ class AsyncRedisStorage(Generic[T]):
 
     async def append(self, key: Key, item: Any) -> None:
         """See `StorageAdapter.append`."""
-        await self._driver.run(ops.append(self._setup, key, item))
+        setup = self._setup
+        if setup.codec.item_codec is not None:  # a plain list: the single-script hot path
+            await run_async(append_one(setup, key, item), self._driver.round_trip)
+        else:
+            await run_async(ops.append(setup, key, item), self._driver.round_trip)
 
     async def update(self, key: Key, updater: Callable[[T | None], Any]) -> T | None:
         """See `StorageAdapter.update`; the updater may be a coroutine function. Tasks

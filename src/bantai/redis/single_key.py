@@ -1,5 +1,6 @@
 """The single-key hot paths of the Redis adapters, each one flat step generator:
-`update_one` (`operations.update` of one key) and `consume_one` (`operations.consume`).
+`update_one` (`operations.update` of one key), `append_one` (`operations.append` of an
+item to a plain list) and `consume_one` (`operations.consume`).
 
 Each takes the same steps in the same order as the generic operation and gives the same
 results and errors (`tests/test_single_key.py` checks this with Hypothesis for random
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bantai.errors import LockTimeoutError, UpdateOutcomeUnknownError
+from bantai.errors import LockTimeoutError, StoredValueError, UpdateOutcomeUnknownError
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, explain
 from bantai.redis import scripts
 from bantai.redis.replies import (
@@ -173,3 +174,38 @@ def consume_one(
         # {2, window start, server now}: another window than the one this client named.
         setup.clock_offset_ms = int(reply[2]) - client_now
         assumed = int(reply[2])
+
+
+def append_one(setup: Any, key: str | bytes, item: object) -> Operation[None]:
+    """`operations.append` when the schema is a plain list (the facade checks): one
+    script, waiting while an update holds the key."""
+    raw = encode_key(key)
+    _, data = setup.codec.item_codec.encode(item, key)
+    layout, options = setup.layout, setup.options
+    command = evalsha(scripts.APPEND, [layout.value_key(raw), layout.lock_key(raw)], (data,))
+    keys = (key,)
+    deadline = time.monotonic() + options.lock_timeout_ms / 1000.0
+    cap = options.lock_retry_ms / 1000.0
+    pause = min(cap, FIRST_PAUSE_S)
+    while True:  # `operations._script_until_free`, inline
+        try:
+            (reply,) = yield RoundTrip([command], retry_safe=False)
+        except ReplyLost as lost:
+            raise UpdateOutcomeUnknownError(
+                f"append of key {key!r} was sent but its reply was lost ({lost.__cause__!r}); "
+                "it may or may not have been applied, and it was not resent",
+                keys=keys,
+            ) from lost.__cause__
+        if isinstance(reply, Exception):
+            check_reply(reply, keys)
+        if reply[0] != 0:
+            break
+        wait = min(deadline - time.monotonic(), pause * (0.5 + random.random() / 2))
+        if wait <= 0:
+            raise lock_timeout_error(options, keys)
+        yield Sleep(wait)
+        pause = min(cap, pause * 2)
+    if reply[0] == -1:
+        raise StoredValueError(
+            f"value stored under key {key!r} is not a JSON array; cannot append", key=key
+        )

@@ -17,18 +17,18 @@ IMPLEMENTATION: Literal["cython", "python"]
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from bantai.redis._speedups_pure import Multiplexer, Wire, new_token, pack_commands
-    from bantai.redis.single_key import consume_one, update_one
+    from bantai.redis.single_key import append_one, consume_one, update_one
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from bantai.redis._single_key import consume_one, update_one
+        from bantai.redis._single_key import append_one, consume_one, update_one
         from bantai.redis._speedups import Multiplexer, Wire, new_token, pack_commands
 
         IMPLEMENTATION = "cython"
     except ImportError:
         from bantai.redis._speedups_pure import Multiplexer, Wire, new_token, pack_commands
-        from bantai.redis.single_key import consume_one, update_one
+        from bantai.redis.single_key import append_one, consume_one, update_one
 
         IMPLEMENTATION = "python"
 
@@ -38,6 +38,7 @@ __all__ = [
     "Multiplexer",
     "Wire",
     "new_token",
+    "append_one",
     "consume_one",
     "pack_commands",
     "update_one",

@@ -15,7 +15,7 @@ from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
-from bantai.redis.speedups import consume_one, new_token, update_one
+from bantai.redis.speedups import append_one, consume_one, new_token, update_one
 from bantai.redis.sync_driver import SyncDriver
 from bantai.steps import Operation
 from bantai.storage.inputs import TTL, Key, encode_key
@@ -78,7 +78,11 @@ class RedisStorage(Generic[T]):
     def append(self, key: Key, item: Any) -> None:
         """Append `item` to the list stored under `key` (list schemas only), atomically and
         keeping the key's TTL; waits for a busy lock like `update`."""
-        self._driver.run(ops.append(self._setup, key, item))
+        setup = self._setup
+        if setup.codec.item_codec is not None:  # a plain list: the single-script hot path
+            self._driver.run(append_one(setup, key, item))
+        else:
+            self._driver.run(ops.append(setup, key, item))
 
     def update(self, key: Key, updater: Updater[T]) -> T | None:
         """Atomic read-modify-write under a distributed lock; returns the new value (or the
