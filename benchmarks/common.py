@@ -76,8 +76,11 @@ class Results(dict[str, float]):
 def run_loop(main: Awaitable[Any]) -> Any:
     """Run on stdlib asyncio, or on uvloop when `BANTAI_BENCH_LOOP=uvloop`."""
     if os.environ.get("BANTAI_BENCH_LOOP") == "uvloop":
-        import uvloop
-
+        try:
+            import uvloop
+        except ImportError:  # not installed (the bench extra brings it): nothing measured
+            main.close()  # type: ignore[attr-defined]
+            return {}
         return uvloop.run(main)  # type: ignore[arg-type]
     return asyncio.run(main)  # type: ignore[arg-type]
 
