@@ -12,6 +12,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # Bottom-up. A module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, ...]] = [
     ("bantai.errors",),
+    ("bantai.wire",),  # the Node-compatibility rules for written values
     ("bantai.steps", "bantai.codec"),  # neutral: the step protocol, the schema codec
     ("bantai.core",),  # contexts, rules, policies
     ("bantai.storage",),  # protocol, inputs, options, locking, memory, with_storage

@@ -139,7 +139,7 @@ def test_token_bucket_refill_and_cost(limiter_storage: Any) -> None:
 def test_definition_errors() -> None:
     context = with_rate_limit(define_context(dict[str, str]))
     for bad in (
-        {"type": "fixed-window", "limit": 0, "period": "1m"},
+        {"type": "fixed-window", "limit": -1, "period": "1m"},
         {"type": "fixed-window", "limit": 5, "period": "0s"},
         {"type": "fixed-window", "limit": 5, "period": "1 fortnight"},
         {"type": "sliding-window", "limit": 5, "period": "1m", "cost": -1},
@@ -214,7 +214,7 @@ steps = st.lists(st.tuples(st.integers(0, 1500), st.integers(1, 4)), min_size=1,
 )
 @given(
     st.sampled_from(["fixed-window", "sliding-window", "token-bucket"]),
-    st.integers(1, 6),
+    st.integers(0, 6),
     st.sampled_from(["700ms", "1s", "3s"]),
     steps,
 )

@@ -49,6 +49,7 @@ from bantai.ratelimit import (
     RateLimitResult,
     define_rate_limit_rule,
     rate_limit,
+    rate_limit_check_result_schema,
     rate_limit_schema,
     with_rate_limit,
 )
@@ -133,6 +134,7 @@ __all__ = [
     "RateLimitResult",
     "rate_limit",
     "rate_limit_schema",
+    "rate_limit_check_result_schema",
     "with_rate_limit",
     "define_rate_limit_rule",
 ]

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar, cast
 
+import pydantic_core
 from pydantic_core import (
     PydanticSerializationError,
     SchemaSerializer,
@@ -27,6 +28,7 @@ from bantai.errors import (
     StoredValueError,
     UnsupportedOperationError,
 )
+from bantai.wire import NonePruner, check_js_safe
 
 Key = str | bytes
 
@@ -56,18 +58,31 @@ def _describe(exc: ValidationError, limit: int = 3) -> str:
 class ValueCodec(Generic[T]):
     """Validation and JSON encoding for one schema. Thread-safe and immutable."""
 
-    __slots__ = ("_serializer", "_validator", "core_schema", "item_codec")
+    __slots__ = ("_js_safe", "_prune", "_serializer", "_validator", "core_schema", "item_codec")
 
-    def __init__(self, core_schema: cs.CoreSchema, validator: Any | None = None) -> None:
+    def __init__(
+        self,
+        core_schema: cs.CoreSchema,
+        validator: Any | None = None,
+        *,
+        omit_none_defaults: bool = False,
+        js_safe_integers: bool = False,
+    ) -> None:
         self.core_schema = core_schema
         self._validator: SchemaValidator = validator or SchemaValidator(core_schema)
         self._serializer = SchemaSerializer(core_schema, _SERIALIZER_CONFIG)
+        # Node-compatibility rules (see `bantai.wire`); off by default: they cost a pass
+        # over the value.
+        self._prune = NonePruner(core_schema).prune if omit_none_defaults else None
+        self._js_safe = js_safe_integers
         # `append` can be done server-side only for a plain list with no length limits:
         # then appending a valid item always leaves a valid list.
         self.item_codec: ValueCodec[Any] | None = None
         items = _plain_list_items_schema(core_schema)
         if items is not None:
-            self.item_codec = ValueCodec(items)
+            self.item_codec = ValueCodec(
+                items, omit_none_defaults=omit_none_defaults, js_safe_integers=js_safe_integers
+            )
 
     def validate(self, value: object, *, what: str) -> T:
         """Validate `value` (described as `what` in the error, e.g. "policy input")."""
@@ -86,7 +101,10 @@ class ValueCodec(Generic[T]):
                 f"value for key {key!r} does not match the schema: {_describe(exc)}", key=key
             ) from None
         try:
-            data: bytes = self._serializer.to_json(validated, by_alias=True)
+            if self._prune is None and not self._js_safe:
+                data: bytes = self._serializer.to_json(validated, by_alias=True)
+            else:
+                data = self._for_node(validated, key)
         except PydanticSerializationError as exc:
             # e.g. an `any` field holding an object JSON has no form for
             raise InvalidValueError(
@@ -107,6 +125,25 @@ class ValueCodec(Generic[T]):
                 key=key,
             )
         return cast(T, validated), data
+
+    def _for_node(self, validated: object, key: Key) -> bytes:
+        plain = self._serializer.to_python(validated, mode="json", by_alias=True)
+        if self._js_safe:
+            check_js_safe(plain, key)
+        if self._prune is not None:
+            plain = self._prune(plain)
+        return pydantic_core.to_json(plain)
+
+    def with_wire_rules(self, *, omit_none_defaults: bool, js_safe_integers: bool) -> ValueCodec[T]:
+        """This codec with the Node-compatibility rules switched on or off."""
+        if not omit_none_defaults and not js_safe_integers:
+            return self
+        return ValueCodec(
+            self.core_schema,
+            self._validator,
+            omit_none_defaults=omit_none_defaults,
+            js_safe_integers=js_safe_integers,
+        )
 
     def append_item_codec(self) -> ValueCodec[Any] | None:
         """For `append`: the item codec of a plain list schema; None for a list whose

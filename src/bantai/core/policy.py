@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from bantai.core.context import Context
 from bantai.core.results import RuleResult
-from bantai.core.rules import Rule, RuleContext
+from bantai.core.rules import AbortEvaluation, Rule, RuleContext
 from bantai.errors import InvalidOptionError, InvalidRuleError, UnsupportedOperationError
 from bantai.steps import Call, Operation, run_async, run_sync
 
@@ -82,6 +82,8 @@ def _evaluation(policy: Policy, data: object, strategy: Strategy | None) -> Oper
     for rule in policy.rules:
         try:
             result = yield Call(rule.evaluate, (value, ctx))
+        except AbortEvaluation as abort:
+            raise abort.error from abort.error.__cause__
         except Exception as exc:  # a failing rule denies; the exception is kept on it
             result = RuleResult(False, "rule_evaluation_error", error=exc)
         else:

@@ -8,7 +8,7 @@ from typing import Any
 
 from bantai.core.context import Context
 from bantai.core.results import RuleResult
-from bantai.errors import InvalidRuleError
+from bantai.errors import BantaiError, InvalidRuleError
 
 Evaluate = Callable[[Any, "RuleContext"], Any]  # returns RuleResult or an awaitable of it
 Hook = Callable[[RuleResult, Any, "RuleContext"], Any]
@@ -29,6 +29,16 @@ class RuleContext:
     def rate_limit(self) -> Any:
         """The current rate-limit decision, inside a rate-limit rule."""
         return self.state.get("rate_limit")
+
+
+class AbortEvaluation(BantaiError):
+    """Raised by a rule to abort the whole policy evaluation with `error` (which
+    `evaluate_policy` then raises) instead of the usual deny of a failing rule — e.g. a
+    rate-limit rule with ``on_storage_error="raise"`` when its storage is down."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)

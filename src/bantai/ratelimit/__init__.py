@@ -7,6 +7,7 @@ from bantai.ratelimit.algorithms import (
     RateLimitResult,
     SlidingWindowState,
     TokenBucketState,
+    rate_limit_check_result_schema,
     rate_limit_schema,
 )
 from bantai.ratelimit.periods import period_ms
@@ -21,6 +22,7 @@ __all__ = [
     "define_rate_limit_rule",
     "period_ms",
     "rate_limit",
+    "rate_limit_check_result_schema",
     "rate_limit_schema",
     "with_rate_limit",
 ]

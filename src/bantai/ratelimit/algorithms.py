@@ -71,6 +71,17 @@ rate_limit_schema: cs.CoreSchema = cs.tagged_union_schema(
 )
 state_validator = SchemaValidator(rate_limit_schema)
 
+# A check result in the original's shape (its `rateLimitCheckResultSchema`), for users who
+# validate or serialise results: `RateLimitResult.to_json()` produces it.
+rate_limit_check_result_schema: cs.CoreSchema = cs.typed_dict_schema(
+    {
+        "allowed": cs.typed_dict_field(cs.bool_schema()),
+        "remaining": cs.typed_dict_field(cs.int_schema(ge=0)),
+        "resetAt": cs.typed_dict_field(cs.int_schema(ge=0)),
+        "reason": cs.typed_dict_field(cs.nullable_schema(cs.str_schema()), required=False),
+    }
+)
+
 
 # --- configuration ---------------------------------------------------------------------------
 
@@ -99,9 +110,10 @@ class RateLimitConfig:
                 f"rate limit type must be one of {ALGORITHMS}, not {self.type!r}"
             )
         limit = self.limit
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_COUNT:
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_COUNT:
             raise InvalidOptionError(
-                f"rate limit 'limit' must be an int from 1 to {MAX_COUNT}, not {limit!r}"
+                f"rate limit 'limit' must be an int from 0 (always deny) to {MAX_COUNT}, "
+                f"not {limit!r}"
             )
         check_cost(self.cost)
         period = self.period_ms
@@ -239,6 +251,8 @@ def decide(config: RateLimitConfig, state: Any, now: int, cost: int) -> Decision
         new: dict[str, Any] = {"type": "sliding-window", "timestamps": valid}
         return Decision(True, limit - len(valid), min(valid) + period, new, period)
     # token bucket
+    if limit == 0:  # a bucket that holds nothing: always denied (no refill rate to divide by)
+        return Decision(False, 0, now + period)
     rate = limit / period
     if _is(state, "token-bucket"):
         tokens: float = state["remainingTokens"]

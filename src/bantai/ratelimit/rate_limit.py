@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bantai.errors import InvalidKeyError, InvalidOptionError
+from pydantic_core import ValidationError
+
+from bantai.errors import InvalidKeyError, InvalidOptionError, StoredValueError
 from bantai.ratelimit.algorithms import (
     MAX_COUNT,
     RateLimitConfig,
@@ -72,13 +74,22 @@ def _key(config: RateLimitConfig, key: str | None) -> str:
     return chosen
 
 
-def _normalise(current: Any) -> Any:
-    """Limiter state as a validated dict, whatever the storage's schema returned."""
+def _normalise(current: Any, key: str) -> Any:
+    """Limiter state as a validated dict, whatever the storage's schema returned; a state
+    that is not a valid rate-limit state is a `StoredValueError` (never trusted: a planted
+    negative count must not admit more)."""
     if current is None:
         return None
     if hasattr(current, "model_dump"):
         current = current.model_dump(by_alias=True)
-    return state_validator.validate_python(current)
+    try:
+        return state_validator.validate_python(current)
+    except ValidationError as exc:
+        raise StoredValueError(
+            f"rate limit state stored under key {key!r} is invalid: {exc.errors()[0]['msg']}; "
+            "nothing was counted",
+            key=key,
+        ) from None
 
 
 def _plan(
@@ -94,15 +105,29 @@ def _consume_op(
     """The decision inside the storage's own atomic `update` (awaited when it is async)."""
     decided: list[RateLimitResult] = []
 
+    at = state_key(cfg, full_key, now)
+
     def update(current: Any) -> Any:
-        decision = decide(cfg, _normalise(current), now, spend)
+        decision = decide(cfg, _normalise(current, at), now, spend)
         decided.append(explain(cfg, decision.allowed, decision.remaining, decision.reset_at, spend))
         if decision.state is None:
             return None
         return {"value": decision.state, "ttl_ms": decision.ttl_ms}
 
-    yield Call(storage.update, (state_key(cfg, full_key, now), update))
+    if hasattr(storage, "update"):
+        yield Call(storage.update, (at, update))
+    else:
+        yield from _get_then_set(storage, at, update)
     return decided[-1]
+
+
+def _get_then_set(storage: Any, at: str, update: Callable[[Any], Any]) -> Operation[None]:
+    """For a storage without `update` (the original's interface makes it optional): read,
+    decide, write — NOT atomic: concurrent requests can be over-admitted."""
+    current = yield Call(storage.get, (at,))
+    planned = update(current)
+    if planned is not None:
+        yield Call(storage.set, (at, planned["value"], planned["ttl_ms"]))
 
 
 def consume(
@@ -151,8 +176,8 @@ def _at(
     return cfg, now, state_key(cfg, _key(cfg, key), now)
 
 
-def _check_result(cfg: RateLimitConfig, current: Any, now: int) -> RateLimitResult:
-    decision = decide(cfg, _normalise(current), now, cfg.cost)
+def _check_result(cfg: RateLimitConfig, current: Any, now: int, at: str) -> RateLimitResult:
+    decision = decide(cfg, _normalise(current, at), now, cfg.cost)
     return explain(cfg, decision.allowed, decision.remaining, decision.reset_at, cfg.cost)
 
 
@@ -163,7 +188,7 @@ def check(
     Check-then-increment is not atomic: concurrent requests can be over-admitted; use
     `consume`."""
     cfg, now, at = _at(config, key, clock)
-    return _check_result(cfg, storage.get(at), now)
+    return _check_result(cfg, storage.get(at), now, at)
 
 
 async def check_async(
@@ -171,10 +196,10 @@ async def check_async(
 ) -> RateLimitResult:
     """`check` for asyncio storages."""
     cfg, now, at = _at(config, key, clock)
-    return _check_result(cfg, await storage.get(at), now)
+    return _check_result(cfg, await storage.get(at), now, at)
 
 
-def _increment_updater(cfg: RateLimitConfig, now: int) -> Any:
+def _increment_updater(cfg: RateLimitConfig, now: int, at: str) -> Any:
     # Counts even past the limit, like the original's incrementRateLimit (a token bucket
     # only spends tokens it has).
     loose = (
@@ -184,7 +209,7 @@ def _increment_updater(cfg: RateLimitConfig, now: int) -> Any:
     )
 
     def update(current: Any) -> Any:
-        decision = decide(loose, _normalise(current), now, cfg.cost)
+        decision = decide(loose, _normalise(current, at), now, cfg.cost)
         if decision.state is None:
             return None
         return {"value": decision.state, "ttl_ms": decision.ttl_ms}
@@ -192,12 +217,20 @@ def _increment_updater(cfg: RateLimitConfig, now: int) -> Any:
     return update
 
 
+def _increment_op(storage: Any, at: str, update: Callable[[Any], Any]) -> Operation[None]:
+    if hasattr(storage, "update"):
+        yield Call(storage.update, (at, update))
+    else:  # like the original: get, then set with the window as TTL
+        yield from _get_then_set(storage, at, update)
+
+
 def increment(
     storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
 ) -> None:
-    """Count one request (the original's `incrementRateLimit`), through `update`."""
+    """Count one request (the original's `incrementRateLimit`), through `update` (or get +
+    set on a storage without `update`)."""
     cfg, now, at = _at(config, key, clock)
-    storage.update(at, _increment_updater(cfg, now))
+    run_sync(_increment_op(storage, at, _increment_updater(cfg, now, at)))
 
 
 async def increment_async(
@@ -205,4 +238,4 @@ async def increment_async(
 ) -> None:
     """`increment` for asyncio storages."""
     cfg, now, at = _at(config, key, clock)
-    await storage.update(at, _increment_updater(cfg, now))
+    await run_async(_increment_op(storage, at, _increment_updater(cfg, now, at)))

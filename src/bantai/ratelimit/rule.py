@@ -9,14 +9,15 @@ logic runs. A request that the limiter admits is counted even if the rule's own
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 from bantai.core.context import Context, extend_context
 from bantai.core.results import deny
-from bantai.core.rules import Evaluate, Hook, Rule, RuleContext, define_rule
-from bantai.errors import InvalidOptionError
+from bantai.core.rules import AbortEvaluation, Evaluate, Hook, Rule, RuleContext, define_rule
+from bantai.errors import InvalidInputError, InvalidOptionError
 from bantai.ratelimit import rate_limit
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, rate_limit_schema
 from bantai.storage.memory import create_memory_storage
@@ -70,6 +71,10 @@ def with_rate_limit(
     return with_storage(extended, limiter_storage, storage_name="rate_limit")
 
 
+StorageErrorChoice = Literal["deny", "allow", "raise"]
+_log = logging.getLogger("bantai")
+
+
 def define_rate_limit_rule(
     context: Context,
     name: str,
@@ -77,12 +82,25 @@ def define_rate_limit_rule(
     config: Mapping[str, Any] | None = None,
     on_allow: Hook | None = None,
     on_deny: Hook | None = None,
+    *,
+    on_storage_error: StorageErrorChoice = "deny",
 ) -> Rule:
     """A rule that first consumes from the limiter (key `rules:<name>:<key>`), denies when
     the limit is reached, and otherwise runs `evaluate(input, ctx)`, where
-    `ctx.rate_limit` is the decision (allowed, remaining, reset_at, reason)."""
+    `ctx.rate_limit` is the decision (allowed, remaining, reset_at, reason).
+
+    `on_storage_error` says what happens when the limiter's storage fails (Redis down, a
+    timeout, an outcome unknown): ``"deny"`` (the default: the request is refused, reason
+    ``rate_limit_storage_error``), ``"allow"`` (fail open: the rule's own logic runs with
+    ``ctx.rate_limit`` None), or ``"raise"`` (`evaluate_policy` raises the storage's error,
+    e.g. to answer 503). Each time it is logged at WARNING (logger ``bantai``) with the
+    rule's name."""
     if "rate_limit" not in context.tools:
         raise InvalidOptionError("define_rate_limit_rule needs a context from with_rate_limit")
+    if on_storage_error not in ("deny", "allow", "raise"):
+        raise InvalidOptionError(
+            f"on_storage_error must be 'deny', 'allow' or 'raise', not {on_storage_error!r}"
+        )
     tools = context.tools.rate_limit
     # Precedence: with_rate_limit's defaults < this rule's config < the input's section.
     base = {**context.extension_defaults.get(RATE_LIMIT_FIELD, {}), **_check_section(config)}
@@ -102,19 +120,40 @@ def define_rate_limit_rule(
             return deny(reason=result.reason, meta={"rate_limit": result.to_json()})
         return evaluate(data, ctx)
 
+    def failed(exc: Exception, data: Any, ctx: RuleContext) -> Any:
+        if isinstance(exc, InvalidInputError):  # a bad config, not a storage failure
+            raise exc
+        _log.warning(
+            "rate limit rule %r: storage error (%s: %s); on_storage_error=%r",
+            name, type(exc).__name__, exc, on_storage_error,
+        )  # fmt: skip
+        if on_storage_error == "raise":
+            raise AbortEvaluation(exc) from exc
+        if on_storage_error == "allow":
+            ctx.state["rate_limit"] = None
+            return evaluate(data, ctx)
+        return deny(reason="rate_limit_storage_error", meta={"error": repr(exc)})
+
     if asynchronous:
 
         async def limited_async(data: Any, ctx: RuleContext) -> Any:
             cfg, key = plan(data, ctx)
-            outcome = decided(
-                await rate_limit.consume_async(tools.storage, cfg, key=key), data, ctx
-            )
+            try:
+                result = await rate_limit.consume_async(tools.storage, cfg, key=key)
+            except Exception as exc:
+                outcome = failed(exc, data, ctx)
+            else:
+                outcome = decided(result, data, ctx)
             return await outcome if inspect.isawaitable(outcome) else outcome
 
         return define_rule(context, name, limited_async, on_allow, on_deny)
 
     def limited(data: Any, ctx: RuleContext) -> Any:
         cfg, key = plan(data, ctx)
-        return decided(rate_limit.consume(tools.storage, cfg, key=key), data, ctx)
+        try:
+            result = rate_limit.consume(tools.storage, cfg, key=key)
+        except Exception as exc:
+            return failed(exc, data, ctx)
+        return decided(result, data, ctx)
 
     return define_rule(context, name, limited, on_allow, on_deny)

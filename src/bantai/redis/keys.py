@@ -66,6 +66,11 @@ class ClusterKeyLayout(KeyLayout):
 
     def value_key(self, key: bytes) -> bytes:
         """`prefix{key}`: the key is the hash tag."""
+        if not key and not self._tag_in_prefix:
+            raise InvalidKeyError(
+                "the empty key cannot be stored on Redis Cluster: its hash tag would be "
+                "empty, putting the value and its lock in different slots"
+            )
         if key[:1] == b"}" and not self._tag_in_prefix:
             raise InvalidKeyError(
                 f"key {key!r} starts with '}}': on Redis Cluster its hash tag would be "

@@ -36,6 +36,7 @@ from bantai.redis.replies import (
     check_reply,
     commit_reply_lost,
     evalsha,
+    invalid_limiter_state,
     lock_lost,
     lost_write,
     release_command,
@@ -453,6 +454,8 @@ def consume(
         )
         if entry[0] == 1:
             return explain(config, entry[1] == 1, entry[2], entry[3], cost)
+        if entry[0] == 3:
+            raise invalid_limiter_state(key, entry[1])
         # {2, window start, server now}: another window than the one this client named.
         setup.clock_offset_ms = int(entry[2]) - client_now
         assumed = int(entry[2])

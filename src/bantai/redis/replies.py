@@ -13,6 +13,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.errors import (
     LockLostError,
+    StoredValueError,
     UpdateOutcomeUnknownError,
     WriteOutcomeUnknownError,
     WrongTypeError,
@@ -86,3 +87,12 @@ def lock_lost(keys: Sequence[Key], lock_ttl_ms: int, *, several_groups: bool) ->
 def release_command(lock_keys: Sequence[bytes], token: bytes) -> Command:
     """The script call that deletes the locks still holding `token`."""
     return evalsha(scripts.RELEASE, lock_keys, (token,))
+
+
+def invalid_limiter_state(key: Key, reason: bytes | str) -> StoredValueError:
+    """The rate-limit script found a state it cannot trust under `key` (reply {3, reason})."""
+    why = reason.decode(errors="replace") if isinstance(reason, bytes) else reason
+    return StoredValueError(
+        f"rate limit state stored under key {key!r} is invalid: {why}; nothing was counted",
+        key=key,
+    )

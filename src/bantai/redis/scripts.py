@@ -110,7 +110,7 @@ return 1
 # KEYS = value, lock   ARGV = item JSON
 # Appends one JSON item to the JSON array stored at KEYS[1] (creating `[item]`), keeping
 # its TTL. Refuses while an update holds the lock, so it cannot be lost under a commit.
-# Reply: {1} appended, {0} lock busy, {-1} the stored value is not a JSON array.
+# Reply: {1} appended, {0} lock busy, {-1} the stored value is not one JSON array.
 APPEND = Script.of(
     "append",
     """
@@ -123,6 +123,10 @@ if not current then
 end
 local body = string.match(current, '^%s*%[(.*)%]%s*$')
 if not body then return {-1} end
+-- One JSON array, not merely text between brackets: the original's append can leave
+-- '["a1","a2"]["b1"]', which must not be extended.
+local ok = pcall(cjson.decode, current)
+if not ok then return {-1} end
 if string.match(body, '^%s*$') then
   redis.call('SET', KEYS[1], '[' .. ARGV[1] .. ']', 'KEEPTTL')
 else
@@ -142,7 +146,8 @@ return {1}
 # .decide operation for operation (same double arithmetic, same order).
 # Replies: {1, allowed, remaining, reset_at_ms}; {0} while an update from the original's
 # check+increment path holds the key's lock; {2, window start, now} when the client
-# assumed another window than the server's clock says (it sends again with that key).
+# assumed another window than the server's clock says (it sends again with that key);
+# {3, reason} when the stored state is not a valid rate-limit state (nothing written).
 RATE_LIMIT = Script.of(
     "rate_limit",
     """
@@ -165,7 +170,38 @@ local key = KEYS[1]
 if redis.call('EXISTS', KEYS[2]) == 1 then return {0} end
 local raw = redis.call('GET', key)
 local state = nil
-if raw then state = cjson.decode(raw) end
+-- The stored state is checked, never trusted: a planted {"count":-10} must not admit more.
+local function count_ok(x)
+  return type(x) == 'number' and x >= 0 and x == math.floor(x) and x <= 9007199254740991
+end
+if raw then
+  local ok, decoded = pcall(cjson.decode, raw)
+  if not ok or type(decoded) ~= 'table' or type(decoded.type) ~= 'string' then
+    return {3, 'not a rate-limit state (a JSON object with a type)'}
+  end
+  local t = decoded.type
+  if t ~= 'fixed-window' and t ~= 'sliding-window' and t ~= 'token-bucket' then
+    return {3, 'unknown rate-limit state type'}
+  end
+  if t == kind then
+    if kind == 'fixed-window' and not count_ok(decoded.count) then
+      return {3, 'count must be a non-negative integer'}
+    end
+    if kind == 'sliding-window' then
+      if type(decoded.timestamps) ~= 'table' then return {3, 'timestamps must be a list'} end
+      for _, stamp in pairs(decoded.timestamps) do
+        if not count_ok(stamp) then
+          return {3, 'timestamps must be non-negative integers'}
+        end
+      end
+    end
+    if kind == 'token-bucket'
+       and not (count_ok(decoded.remainingTokens) and count_ok(decoded.lastRefillAt)) then
+      return {3, 'remainingTokens and lastRefillAt must be non-negative integers'}
+    end
+  end
+  state = decoded
+end
 local function int(x) return string.format('%d', x) end
 
 if kind == 'fixed-window' then
@@ -209,6 +245,7 @@ if kind == 'sliding-window' then
 end
 
 -- token bucket: limit = capacity, period = time to refill from empty to full
+if limit == 0 then return {1, 0, 0, now + period} end  -- holds nothing: always denied
 local rate = limit / period
 local tokens = limit
 local last = now

@@ -28,6 +28,7 @@ from bantai.redis.replies import (
     check_reply,
     commit_reply_lost,
     evalsha,
+    invalid_limiter_state,
     lock_lost,
     release_command,
     unanswered,
@@ -171,6 +172,8 @@ def consume_one(
             pause = min(cap, pause * 2)
         if reply[0] == 1:
             return explain(config, reply[1] == 1, reply[2], reply[3], cost)
+        if reply[0] == 3:
+            raise invalid_limiter_state(key, reply[1])
         # {2, window start, server now}: another window than the one this client named.
         setup.clock_offset_ms = int(reply[2]) - client_now
         assumed = int(reply[2])

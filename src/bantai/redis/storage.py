@@ -9,7 +9,6 @@ from typing import Any, Generic, TypeVar, cast
 import redis
 from redis.cluster import RedisCluster
 
-from bantai.codec import codec_for
 from bantai.errors import InvalidOptionError
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
@@ -50,7 +49,7 @@ class RedisStorage(Generic[T]):
             layout: KeyLayout = ClusterKeyLayout(self.options.prefix_bytes)
         else:
             layout = KeyLayout(self.options.prefix_bytes)
-        self._setup: ops.Setup[T] = ops.Setup(layout, codec_for(schema), self.options)
+        self._setup: ops.Setup[T] = ops.Setup(layout, self.options.codec(schema), self.options)
         # Updates of one key through this adapter line up here before the Redis lock.
         self._in_line = KeyQueue(self.options.lock_ttl_ms)
 

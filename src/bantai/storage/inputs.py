@@ -35,7 +35,8 @@ LOCK_SUFFIX = b":lock"
 
 
 def encode_key(key: object) -> bytes:
-    """The key's bytes as stored (before the prefix). `str` keys are UTF-8."""
+    """The key's bytes as stored (before the prefix). `str` keys are UTF-8. The empty key
+    is a key, as in the TypeScript original (its value lives at the prefix itself)."""
     if isinstance(key, str):
         try:
             raw = key.encode("utf-8")
@@ -47,8 +48,6 @@ def encode_key(key: object) -> bytes:
         raw = key
     else:
         raise InvalidKeyError(f"key must be str or bytes, not {type(key).__name__}")
-    if not raw:
-        raise InvalidKeyError("key must not be empty")
     if len(raw) > MAX_KEY_BYTES:
         raise InvalidKeyError(f"key is {len(raw)} bytes long; the limit is {MAX_KEY_BYTES}")
     if raw.endswith(LOCK_SUFFIX):

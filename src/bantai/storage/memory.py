@@ -10,12 +10,13 @@ append) are written once as step generators (see `steps`) and run by `MemoryStor
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
-from bantai.codec import ValueCodec, codec_for
+from bantai.codec import ValueCodec
 from bantai.errors import InvalidOptionError, LockLostError, StoredValueError
 from bantai.steps import Operation, run_async, run_sync
 from bantai.storage.inputs import (
@@ -45,7 +46,7 @@ class _MemoryCore(Generic[T]):
         self.options = StorageOptions.coerce(options)
         if getattr(self.options, "busy_poll_us", 0):
             raise InvalidOptionError("busy_poll_us applies to the Redis adapter only")
-        self.codec: ValueCodec[T] = codec_for(schema)
+        self.codec: ValueCodec[T] = self.options.codec(schema)
         self._prefix = self.options.prefix_bytes
         # stored key -> (JSON bytes, expiry on the monotonic clock or None)
         self._data: dict[bytes, tuple[bytes, float | None]] = {}
@@ -212,7 +213,7 @@ class _MemoryCore(Generic[T]):
                     self._write(skey, b"[" + item_data + b"]", None, now)
                     return
                 body = current.strip()
-                if not (body.startswith(b"[") and body.endswith(b"]")):
+                if not (body.startswith(b"[") and body.endswith(b"]")) or not _one_json_array(body):
                     raise StoredValueError(
                         f"value stored under key {key!r} is not a JSON array; cannot append",
                         key=key,
@@ -346,6 +347,15 @@ class AsyncMemoryStorage(Generic[T]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _one_json_array(data: bytes) -> bool:
+    """One JSON array, not merely text between brackets (the Redis APPEND script's check:
+    the original's append can leave '["a1","a2"]["b1"]')."""
+    try:
+        return isinstance(json.loads(data), list)
+    except ValueError:
+        return False
 
 
 def _one(key: Key) -> list[Key]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from bantai.codec import ValueCodec, codec_for
 from bantai.errors import InvalidOptionError
 from bantai.storage.inputs import MAX_TTL_MS
 
@@ -35,13 +36,22 @@ class StorageOptions:
     - `lock_timeout_ms`: how long `update` waits for a busy lock (default 5000; 0 = try once).
     - `lock_ttl_ms`: how long a lock lives if its holder dies (default 10000; must be
       >= `lock_timeout_ms`).
-    - `lock_retry_ms`: pause between attempts on a busy lock (default 50, with jitter).
+    - `lock_retry_ms`: longest pause between attempts on a busy lock (default 50; the
+      pauses start near one round trip and double up to it, with jitter).
+    - `omit_none_defaults`: write a field whose value is None *and* whose default is None
+      by leaving it out, as `JSON.stringify` leaves out `undefined` (default False). Turn
+      it on when Node services with zod `.optional()` fields read the same values: zod
+      rejects `null` there. A required nullable field still writes `null`.
+    - `js_safe_integers`: refuse (`InvalidValueError`) integers beyond ±(2**53 - 1), which
+      JavaScript numbers cannot hold exactly (default False).
     """
 
     prefix: str | bytes = ""
     lock_timeout_ms: int = 5000
     lock_ttl_ms: int = 10000
     lock_retry_ms: int = 50
+    omit_none_defaults: bool = False
+    js_safe_integers: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, (str, bytes)):
@@ -54,11 +64,22 @@ class StorageOptions:
         _check_ms("lock_timeout_ms", self.lock_timeout_ms, minimum=0)
         _check_ms("lock_ttl_ms", self.lock_ttl_ms, minimum=1)
         _check_ms("lock_retry_ms", self.lock_retry_ms, minimum=1, maximum=MAX_LOCK_RETRY_MS)
+        for name in ("omit_none_defaults", "js_safe_integers"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidOptionError(
+                    f"{name} must be True or False, not {getattr(self, name)!r}"
+                )
         if self.lock_ttl_ms < self.lock_timeout_ms:
             raise InvalidOptionError(
                 f"lock_ttl_ms ({self.lock_ttl_ms}) must be >= lock_timeout_ms "
                 f"({self.lock_timeout_ms})"
             )
+
+    def codec(self, schema: object) -> ValueCodec[Any]:
+        """The codec for `schema` under these options (the Node-compatibility rules)."""
+        return codec_for(schema).with_wire_rules(
+            omit_none_defaults=self.omit_none_defaults, js_safe_integers=self.js_safe_integers
+        )
 
     @property
     def prefix_bytes(self) -> bytes:
