@@ -291,8 +291,9 @@ def main() -> None:
                 for key, value in result.items():
                     samples[name].setdefault(key, []).append(value)
             print(f"round {round_no + 1}/{rounds} done", file=sys.stderr)
+        costs = rate_limit_costs(server.url, *((50, "100") if args.smoke else (1000, "100,10000")))
     medians = {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
-    report(medians, samples, about, smoke=args.smoke)
+    report(medians, samples, about, costs, smoke=args.smoke)
 
 
 def _row(label: str, values: list[str], width: int = 13) -> str:
@@ -305,10 +306,20 @@ def _fmt(value: float | None, cpu: float | None = None) -> str:
     return f"{value:,.0f}" + ("" if cpu is None else f" ({cpu:.0f})")
 
 
+def rate_limit_costs(url: str, decisions: int, sizes: str) -> dict[str, dict[str, float]]:
+    """Server time and stored bytes per rate-limit decision (`bench_ratelimit_cost`)."""
+    argv = [sys.executable, "-m", "benchmarks.bench_ratelimit_cost", url, str(decisions), sizes]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if out.returncode:
+        raise SystemExit(f"rate-limit costs failed:\n{out.stderr}")
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
 def report(
     medians: dict[str, dict[str, float]],
     samples: dict[str, Any],
     about: dict[str, Any],
+    costs: dict[str, dict[str, float]],
     *,
     smoke: bool,
 ) -> None:
@@ -333,6 +344,9 @@ def report(
         print(
             _row(w, [f"{medians[f'contention:{i}'].get(w, 0):,.1f}" for i in ("cython", "python")])
         )
+    print("\nrate limiting, server time and stored state per decision (window full):")
+    for name, cost in costs.items():
+        print(f"  {name:<40}{cost['server_us']:>10.1f} us{cost['bytes']:>10,.0f} B")
     print("\nredis-benchmark on the same server:")
     for k, v in medians["rb"].items():
         print(f"  {k:<24}{v:>12,.0f}")
@@ -367,6 +381,7 @@ def report(
             {
                 "provenance": about,
                 "medians": medians,
+                "rate_limit_costs": costs,
                 "samples": samples,
                 "ratios": ratios,
                 "time": stamp,

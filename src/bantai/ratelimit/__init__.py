@@ -3,8 +3,10 @@
 from bantai.ratelimit import rate_limit
 from bantai.ratelimit.algorithms import (
     FixedWindowState,
+    GcraState,
     RateLimitConfig,
     RateLimitResult,
+    SlidingWindowCounterState,
     SlidingWindowState,
     TokenBucketState,
     rate_limit_check_result_schema,
@@ -15,6 +17,8 @@ from bantai.ratelimit.rule import define_rate_limit_rule, with_rate_limit
 
 __all__ = [
     "FixedWindowState",
+    "GcraState",
+    "SlidingWindowCounterState",
     "RateLimitConfig",
     "RateLimitResult",
     "SlidingWindowState",

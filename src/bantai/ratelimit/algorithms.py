@@ -20,8 +20,16 @@ from bantai.errors import InvalidOptionError
 from bantai.ratelimit.periods import period_ms
 from bantai.storage.inputs import MAX_TTL_MS
 
-Algorithm = Literal["fixed-window", "sliding-window", "token-bucket"]
-ALGORITHMS: tuple[Algorithm, ...] = ("fixed-window", "sliding-window", "token-bucket")
+Algorithm = Literal[
+    "fixed-window", "sliding-window", "token-bucket", "sliding-window-counter", "gcra"
+]
+ALGORITHMS: tuple[Algorithm, ...] = (
+    "fixed-window",
+    "sliding-window",
+    "token-bucket",
+    "sliding-window-counter",
+    "gcra",
+)
 
 
 # --- stored state (wire format of @bantai-dev/with-rate-limit) ------------------------------
@@ -40,6 +48,18 @@ class SlidingWindowState(TypedDict):
 
     type: Literal["sliding-window"]
     timestamps: list[int]
+
+
+class SlidingWindowCounterState(TypedDict):
+    type: Literal["sliding-window-counter"]
+    windowStart: int
+    previous: int
+    current: int
+
+
+class GcraState(TypedDict):
+    type: Literal["gcra"]
+    tat: float
 
 
 class TokenBucketState(TypedDict):
@@ -66,6 +86,11 @@ rate_limit_schema: cs.CoreSchema = cs.tagged_union_schema(
         "fixed-window": _state("fixed-window", count=_COUNT),
         "sliding-window": _state("sliding-window", timestamps=cs.list_schema(_COUNT)),
         "token-bucket": _state("token-bucket", remainingTokens=_COUNT, lastRefillAt=_COUNT),
+        # The two O(1) algorithms of this port (not in the original):
+        "sliding-window-counter": _state(
+            "sliding-window-counter", windowStart=_COUNT, previous=_COUNT, current=_COUNT
+        ),
+        "gcra": _state("gcra", tat=cs.float_schema(ge=0, allow_inf_nan=False)),
     },
     discriminator="type",
 )
@@ -250,6 +275,10 @@ def decide(config: RateLimitConfig, state: Any, now: int, cost: int) -> Decision
         valid.extend([now] * cost)
         new: dict[str, Any] = {"type": "sliding-window", "timestamps": valid}
         return Decision(True, limit - len(valid), min(valid) + period, new, period)
+    if config.type == "sliding-window-counter":
+        return _sliding_window_counter(limit, period, state, now, cost)
+    if config.type == "gcra":
+        return _gcra(limit, period, state, now, cost)
     # token bucket
     if limit == 0:  # a bucket that holds nothing: always denied (no refill rate to divide by)
         return Decision(False, 0, now + period)
@@ -272,3 +301,53 @@ def decide(config: RateLimitConfig, state: Any, now: int, cost: int) -> Decision
     carried = math.floor((tokens - whole) / rate)
     bucket = {"type": "token-bucket", "remainingTokens": whole, "lastRefillAt": now - carried}
     return Decision(True, whole, now + math.ceil((limit - tokens) / rate), bucket, period)
+
+
+def _sliding_window_counter(limit: int, period: int, state: Any, now: int, cost: int) -> Decision:
+    """Two fixed windows, weighted (Cloudflare's, and `limits`'): the previous window counts
+    for the part of it the sliding window still covers. One small state, O(1) per
+    decision whatever the limit; an estimate that assumes the previous window's requests
+    were spread evenly."""
+    start = now // period * period
+    previous = current = 0
+    if _is(state, "sliding-window-counter"):
+        if state["windowStart"] == start:
+            previous, current = state["previous"], state["current"]
+        elif state["windowStart"] == start - period:
+            previous = state["current"]
+    weight = (period - (now - start)) / period
+    estimate = previous * weight + current
+    if cost > limit or estimate + cost > limit:
+        room = limit - current - cost
+        if room < 0 or previous == 0:
+            reset_at = start + period
+        else:  # when the previous window's share has shrunk enough for this request
+            reset_at = start + math.ceil(period - room * period / previous)
+        return Decision(False, max(0, math.floor(limit - estimate)), reset_at)
+    current += cost
+    remaining = max(0, math.floor(limit - (previous * weight + current)))
+    new = {
+        "type": "sliding-window-counter",
+        "windowStart": start,
+        "previous": previous,
+        "current": current,
+    }
+    return Decision(True, remaining, start + period, new, 2 * period)
+
+
+def _gcra(limit: int, period: int, state: Any, now: int, cost: int) -> Decision:
+    """The generic cell rate algorithm (redis-cell's, throttled's): one timestamp per key,
+    the theoretical arrival time `tat`. Requests are spaced `period / limit` apart, with a
+    burst of up to `limit`. O(1) per decision whatever the limit."""
+    if limit == 0:
+        return Decision(False, 0, now + period)
+    interval = period / limit
+    tat = max(float(state["tat"]), float(now)) if _is(state, "gcra") else float(now)
+    new_tat = tat + cost * interval
+    allow_at = new_tat - period
+    if cost > limit or now < allow_at:
+        remaining = max(0, math.floor((period - (tat - now)) / interval))
+        return Decision(False, remaining, math.ceil(allow_at))
+    remaining = max(0, math.floor((period - (new_tat - now)) / interval))
+    ttl = max(1, math.ceil(new_tat - now))
+    return Decision(True, remaining, math.ceil(new_tat), {"type": "gcra", "tat": new_tat}, ttl)

@@ -142,7 +142,7 @@ return {1}
 # slot migration).
 # ARGV = type, limit, period_ms, cost, now_ms (0: use server TIME), the window start the
 # client assumed for KEYS[1] (fixed window; 0 otherwise)
-# Atomic check-and-consume for the three limiters; mirrors bantai.ratelimit.algorithms
+# Atomic check-and-consume for the five limiters; mirrors bantai.ratelimit.algorithms
 # .decide operation for operation (same double arithmetic, same order).
 # Replies: {1, allowed, remaining, reset_at_ms}; {0} while an update from the original's
 # check+increment path holds the key's lock; {2, window start, now} when the client
@@ -161,11 +161,8 @@ if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local start = 0
-if kind == 'fixed-window' then
-  start = math.floor(now / period) * period
-  if start ~= tonumber(ARGV[6]) then return {2, start, now} end
-end
+local start = math.floor(now / period) * period
+if kind == 'fixed-window' and start ~= tonumber(ARGV[6]) then return {2, start, now} end
 local key = KEYS[1]
 if redis.call('EXISTS', KEYS[2]) == 1 then return {0} end
 local raw = redis.call('GET', key)
@@ -180,7 +177,8 @@ if raw then
     return {3, 'not a rate-limit state (a JSON object with a type)'}
   end
   local t = decoded.type
-  if t ~= 'fixed-window' and t ~= 'sliding-window' and t ~= 'token-bucket' then
+  if t ~= 'fixed-window' and t ~= 'sliding-window' and t ~= 'token-bucket'
+     and t ~= 'sliding-window-counter' and t ~= 'gcra' then
     return {3, 'unknown rate-limit state type'}
   end
   if t == kind then
@@ -198,6 +196,14 @@ if raw then
     if kind == 'token-bucket'
        and not (count_ok(decoded.remainingTokens) and count_ok(decoded.lastRefillAt)) then
       return {3, 'remainingTokens and lastRefillAt must be non-negative integers'}
+    end
+    if kind == 'sliding-window-counter' and not (count_ok(decoded.windowStart)
+       and count_ok(decoded.previous) and count_ok(decoded.current)) then
+      return {3, 'windowStart, previous and current must be non-negative integers'}
+    end
+    if kind == 'gcra' and not (type(decoded.tat) == 'number' and decoded.tat >= 0
+       and decoded.tat < math.huge) then
+      return {3, 'tat must be a non-negative number'}
     end
   end
   state = decoded
@@ -242,6 +248,50 @@ if kind == 'sliding-window' then
   redis.call('SET', key, '{"type":"sliding-window","timestamps":[' ..
              table.concat(parts, ',') .. ']}', 'PX', period)
   return {1, 1, limit - #valid, oldest() + period}
+end
+
+if kind == 'sliding-window-counter' then
+  local previous, current = 0, 0
+  if type(state) == 'table' and state.type == kind then
+    if state.windowStart == start then
+      previous, current = state.previous, state.current
+    elseif state.windowStart == start - period then
+      previous = state.current
+    end
+  end
+  local weight = (period - (now - start)) / period
+  local estimate = previous * weight + current
+  if cost > limit or estimate + cost > limit then
+    local room = limit - current - cost
+    local reset = start + period
+    if room >= 0 and previous ~= 0 then
+      reset = start + math.ceil(period - room * period / previous)
+    end
+    return {1, 0, math.max(0, math.floor(limit - estimate)), reset}
+  end
+  current = current + cost
+  local remaining = math.max(0, math.floor(limit - (previous * weight + current)))
+  redis.call('SET', key, '{"type":"sliding-window-counter","windowStart":' .. int(start) ..
+             ',"previous":' .. int(previous) .. ',"current":' .. int(current) .. '}',
+             'PX', 2 * period)
+  return {1, 1, remaining, start + period}
+end
+
+if kind == 'gcra' then
+  if limit == 0 then return {1, 0, 0, now + period} end
+  local interval = period / limit
+  local tat = now
+  if type(state) == 'table' and state.type == kind then tat = math.max(state.tat, now) end
+  local new_tat = tat + cost * interval
+  local allow_at = new_tat - period
+  if cost > limit or now < allow_at then
+    return {1, 0, math.max(0, math.floor((period - (tat - now)) / interval)),
+            math.ceil(allow_at)}
+  end
+  redis.call('SET', key, '{"type":"gcra","tat":' .. string.format('%.17g', new_tat) .. '}',
+             'PX', math.max(1, math.ceil(new_tat - now)))
+  return {1, 1, math.max(0, math.floor((period - (new_tat - now)) / interval)),
+          math.ceil(new_tat)}
 end
 
 -- token bucket: limit = capacity, period = time to refill from empty to full
