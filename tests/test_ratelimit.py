@@ -33,7 +33,13 @@ from bantai import (
     with_rate_limit,
 )
 from bantai.ratelimit import period_ms
-from bantai.ratelimit.algorithms import ALGORITHMS
+from bantai.ratelimit.algorithms import (
+    ALGORITHMS,
+    RateLimitConfig,
+    decide,
+    explain,
+    state_key,
+)
 from bantai.testing import LocalRedisServer
 from tests.conftest import unique_prefix
 
@@ -145,7 +151,7 @@ def test_sliding_window_counter_weights_the_previous_window(limiter_storage: Any
         (True, 2, 1000),
         (True, 1, 1000),
         (True, 0, 1000),
-        (False, 0, 1000),
+        (False, 0, 1250),  # when the 4 of this window, as the previous share, weigh 3
     ]
     # 250 ms into the next window the previous 4 still count for 75 %: 3, so room for 1;
     # the one after waits until the previous share has shrunk to 2 (half-way, at 1500)
@@ -177,6 +183,46 @@ def test_gcra_spaces_requests_after_a_burst(limiter_storage: Any) -> None:
         (False, 2, 5500 + 500),
         (True, 0, 6500),
     ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kind=st.sampled_from(ALGORITHMS),
+    limit=st.integers(1, 6),
+    steps=st.lists(st.tuples(st.integers(0, 1500), st.integers(1, 4)), min_size=1, max_size=25),
+)
+def test_retry_after_is_when_the_same_request_is_admitted(
+    kind: str, limit: int, steps: list[tuple[int, int]]
+) -> None:
+    """`retry_after_ms` (the HTTP Retry-After) is never too early, and for the exact
+    algorithms never late either: one millisecond sooner the same request is still denied."""
+    config = RateLimitConfig.parse({"type": kind, "limit": limit, "period": "1s"})
+    stored: dict[str, Any] = {}  # by storage key: a fixed window's state is per window
+
+    def attempt(at: int, cost: int) -> Any:
+        return decide(config, stored.get(state_key(config, "k", at)), at, cost)
+
+    now = T0
+    for advance, cost in steps:
+        now += advance
+        decision = attempt(now, cost)
+        result = explain(config, decision.allowed, decision.remaining, decision.reset_at, cost, now)
+        assert result.decided_at == now
+        if decision.allowed:
+            assert result.retry_after_ms == 0
+            stored[state_key(config, "k", now)] = decision.state
+            continue
+        if cost > limit:
+            assert result.retry_after_ms is None
+            continue
+        wait = result.retry_after_ms
+        assert wait is not None and wait >= 1
+        if kind != "sliding-window" or cost == 1:  # the oldest sliding out frees one place
+            assert attempt(now + wait, cost).allowed, (kind, stored, now, wait)
+        if kind in ("fixed-window", "sliding-window-counter", "gcra") and wait > 1:
+            assert not attempt(now + wait - 1, cost).allowed
+        if kind == "token-bucket":  # rounded down to whole ms, never more than 1 ms late
+            assert wait == 1 or not attempt(now + wait - 2, cost).allowed
 
 
 def test_definition_errors() -> None:

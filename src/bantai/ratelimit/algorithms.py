@@ -198,12 +198,24 @@ def state_key(config: RateLimitConfig, key: str, now: int) -> str:
 @dataclass(frozen=True, slots=True)
 class RateLimitResult:
     """A decision: `allowed`, `remaining` (after this request), `reset_at` (epoch ms) and a
-    human `reason`, as in the original's check result."""
+    human `reason`, as in the original's check result; plus `decided_at`, the limiter's
+    clock (epoch ms: Redis `TIME`, or the injected clock) when it decided, and
+    `retry_after_ms`: 0 when allowed; when denied, how long until a request of the same
+    cost can be admitted (never too early, except for a `sliding-window` cost above 1,
+    where it is when the oldest request slides out), or None when it never can (a cost
+    above the limit). HTTP headers are made from these (`bantai.web`)."""
 
     allowed: bool
     remaining: int
     reset_at: int
     reason: str
+    decided_at: int = 0
+    retry_after_ms: int | None = 0
+
+    @property
+    def reset_after_ms(self) -> int:
+        """How long until `reset_at`, on the limiter's own clock (never negative)."""
+        return max(0, self.reset_at - self.decided_at)
 
     def to_json(self) -> dict[str, Any]:
         """The original's check-result shape (`allowed`, `remaining`, `resetAt`, `reason`)."""
@@ -217,16 +229,22 @@ def _iso(ms: int) -> str:
 
 
 def explain(
-    config: RateLimitConfig, allowed: bool, remaining: int, reset_at: int, cost: int
+    config: RateLimitConfig, allowed: bool, remaining: int, reset_at: int, cost: int, now: int
 ) -> RateLimitResult:
-    """The result with the original's reason strings."""
+    """The result with the original's reason strings, and when to retry."""
     if allowed:
         reason = f"rate_limit_passed: {remaining} remaining"
-    elif cost > config.limit:
+        return RateLimitResult(True, remaining, reset_at, reason, now, 0)
+    if cost > config.limit:
         reason = f"rate_limit_exceeded: cost {cost} is more than the limit of {config.limit}"
-    else:
-        reason = f"rate_limit_exceeded: limit of {config.limit} reached, resets at {_iso(reset_at)}"
-    return RateLimitResult(allowed, remaining, reset_at, reason)
+        return RateLimitResult(False, remaining, reset_at, reason, now, None)
+    reason = f"rate_limit_exceeded: limit of {config.limit} reached, resets at {_iso(reset_at)}"
+    wait = reset_at - now
+    if config.type == "token-bucket":
+        # reset_at is when the bucket is full again; `cost` tokens are there sooner, by the
+        # time the other (limit - cost) take to refill (rounded down: never too early).
+        wait -= (config.limit - cost) * config.period_ms // config.limit
+    return RateLimitResult(False, remaining, reset_at, reason, now, max(1, wait))
 
 
 def window_start(config: RateLimitConfig, now: int) -> int:
@@ -318,11 +336,16 @@ def _sliding_window_counter(limit: int, period: int, state: Any, now: int, cost:
     weight = (period - (now - start)) / period
     estimate = previous * weight + current
     if cost > limit or estimate + cost > limit:
+        # When the previous window's share has shrunk enough for this request: in this
+        # window if what this one counted leaves room, else in the next one (where this
+        # window's count becomes the previous share).
         room = limit - current - cost
-        if room < 0 or previous == 0:
+        if cost > limit:
             reset_at = start + period
-        else:  # when the previous window's share has shrunk enough for this request
+        elif room >= 0:  # denied with room: the previous share is not 0
             reset_at = start + math.ceil(period - room * period / previous)
+        else:  # current + cost > limit >= cost: current is not 0
+            reset_at = start + period + math.ceil(period - (limit - cost) * period / current)
         return Decision(False, max(0, math.floor(limit - estimate)), reset_at)
     current += cost
     remaining = max(0, math.floor(limit - (previous * weight + current)))

@@ -109,7 +109,9 @@ def _consume_op(
 
     def update(current: Any) -> Any:
         decision = decide(cfg, _normalise(current, at), now, spend)
-        decided.append(explain(cfg, decision.allowed, decision.remaining, decision.reset_at, spend))
+        decided.append(
+            explain(cfg, decision.allowed, decision.remaining, decision.reset_at, spend, now)
+        )
         if decision.state is None:
             return None
         return {"value": decision.state, "ttl_ms": decision.ttl_ms}
@@ -178,7 +180,7 @@ def _at(
 
 def _check_result(cfg: RateLimitConfig, current: Any, now: int, at: str) -> RateLimitResult:
     decision = decide(cfg, _normalise(current, at), now, cfg.cost)
-    return explain(cfg, decision.allowed, decision.remaining, decision.reset_at, cfg.cost)
+    return explain(cfg, decision.allowed, decision.remaining, decision.reset_at, cfg.cost, now)
 
 
 def check(

@@ -453,7 +453,7 @@ def consume(
             setup, evalsha(scripts.RATE_LIMIT, keys, args), key, "rate limit consume"
         )
         if entry[0] == 1:
-            return explain(config, entry[1] == 1, entry[2], entry[3], cost)
+            return explain(config, entry[1] == 1, entry[2], entry[3], cost, entry[4])
         if entry[0] == 3:
             raise invalid_limiter_state(key, entry[1])
         # {2, window start, server now}: another window than the one this client named.

@@ -144,7 +144,7 @@ return {1}
 # client assumed for KEYS[1] (fixed window; 0 otherwise)
 # Atomic check-and-consume for the five limiters; mirrors bantai.ratelimit.algorithms
 # .decide operation for operation (same double arithmetic, same order).
-# Replies: {1, allowed, remaining, reset_at_ms}; {0} while an update from the original's
+# Replies: {1, allowed, remaining, reset_at_ms, now_ms}; {0} while an update from the original's
 # check+increment path holds the key's lock; {2, window start, now} when the client
 # assumed another window than the server's clock says (it sends again with that key);
 # {3, reason} when the stored state is not a valid rate-limit state (nothing written).
@@ -217,11 +217,11 @@ if kind == 'fixed-window' then
     count = state.count
   end
   if cost > limit or count + cost > limit then
-    return {1, 0, math.max(0, limit - count), reset}
+    return {1, 0, math.max(0, limit - count), reset, now}
   end
   count = count + cost
   redis.call('SET', key, '{"type":"fixed-window","count":' .. int(count) .. '}', 'PX', period)
-  return {1, 1, limit - count, reset}
+  return {1, 1, limit - count, reset, now}
 end
 
 if kind == 'sliding-window' then
@@ -240,14 +240,14 @@ if kind == 'sliding-window' then
   if cost > limit or #valid + cost > limit then
     local reset = now + period
     if #valid > 0 then reset = oldest() + period end
-    return {1, 0, math.max(0, limit - #valid), reset}
+    return {1, 0, math.max(0, limit - #valid), reset, now}
   end
   for _ = 1, cost do valid[#valid + 1] = now end
   local parts = {}
   for i = 1, #valid do parts[i] = int(valid[i]) end
   redis.call('SET', key, '{"type":"sliding-window","timestamps":[' ..
              table.concat(parts, ',') .. ']}', 'PX', period)
-  return {1, 1, limit - #valid, oldest() + period}
+  return {1, 1, limit - #valid, oldest() + period, now}
 end
 
 if kind == 'sliding-window-counter' then
@@ -264,21 +264,23 @@ if kind == 'sliding-window-counter' then
   if cost > limit or estimate + cost > limit then
     local room = limit - current - cost
     local reset = start + period
-    if room >= 0 and previous ~= 0 then
+    if cost <= limit and room >= 0 then
       reset = start + math.ceil(period - room * period / previous)
+    elseif cost <= limit then
+      reset = start + period + math.ceil(period - (limit - cost) * period / current)
     end
-    return {1, 0, math.max(0, math.floor(limit - estimate)), reset}
+    return {1, 0, math.max(0, math.floor(limit - estimate)), reset, now}
   end
   current = current + cost
   local remaining = math.max(0, math.floor(limit - (previous * weight + current)))
   redis.call('SET', key, '{"type":"sliding-window-counter","windowStart":' .. int(start) ..
              ',"previous":' .. int(previous) .. ',"current":' .. int(current) .. '}',
              'PX', 2 * period)
-  return {1, 1, remaining, start + period}
+  return {1, 1, remaining, start + period, now}
 end
 
 if kind == 'gcra' then
-  if limit == 0 then return {1, 0, 0, now + period} end
+  if limit == 0 then return {1, 0, 0, now + period, now} end
   local interval = period / limit
   local tat = now
   if type(state) == 'table' and state.type == kind then tat = math.max(state.tat, now) end
@@ -286,16 +288,16 @@ if kind == 'gcra' then
   local allow_at = new_tat - period
   if cost > limit or now < allow_at then
     return {1, 0, math.max(0, math.floor((period - (tat - now)) / interval)),
-            math.ceil(allow_at)}
+            math.ceil(allow_at), now}
   end
   redis.call('SET', key, '{"type":"gcra","tat":' .. string.format('%.17g', new_tat) .. '}',
              'PX', math.max(1, math.ceil(new_tat - now)))
   return {1, 1, math.max(0, math.floor((period - (new_tat - now)) / interval)),
-          math.ceil(new_tat)}
+          math.ceil(new_tat), now}
 end
 
 -- token bucket: limit = capacity, period = time to refill from empty to full
-if limit == 0 then return {1, 0, 0, now + period} end  -- holds nothing: always denied
+if limit == 0 then return {1, 0, 0, now + period, now} end  -- holds nothing: always denied
 local rate = limit / period
 local tokens = limit
 local last = now
@@ -307,14 +309,14 @@ end
 local elapsed = now - last
 if elapsed > 0 then tokens = math.min(limit, tokens + elapsed * rate) end
 if cost > limit or tokens < cost then
-  return {1, 0, math.max(0, math.floor(tokens)), now + math.ceil((limit - tokens) / rate)}
+  return {1, 0, math.max(0, math.floor(tokens)), now + math.ceil((limit - tokens) / rate), now}
 end
 tokens = tokens - cost
 local whole = math.floor(tokens)
 local carried = math.floor((tokens - whole) / rate)
 redis.call('SET', key, '{"type":"token-bucket","remainingTokens":' .. int(whole) ..
            ',"lastRefillAt":' .. int(now - carried) .. '}', 'PX', period)
-return {1, 1, whole, now + math.ceil((limit - tokens) / rate)}
+return {1, 1, whole, now + math.ceil((limit - tokens) / rate), now}
 """,
 )
 

@@ -171,7 +171,7 @@ def consume_one(
             yield Sleep(wait)
             pause = min(cap, pause * 2)
         if reply[0] == 1:
-            return explain(config, reply[1] == 1, reply[2], reply[3], cost)
+            return explain(config, reply[1] == 1, reply[2], reply[3], cost, reply[4])
         if reply[0] == 3:
             raise invalid_limiter_state(key, reply[1])
         # {2, window start, server now}: another window than the one this client named.
