@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bantai.ratelimit.periods", "bantai.ratelimit.algorithms"),  # pure decisions
     ("bantai.redis",),  # the adapter (uses the pure decisions for its consume script)
     ("bantai.ratelimit",),  # consume/check/increment, with_rate_limit (no Redis import)
+    ("bantai.web",),  # HTTP guards (Starlette / FastAPI), over policies and rate limits
     ("bantai", "bantai.testing", "bantai.demo"),  # the package facade and the tools
 ]
 

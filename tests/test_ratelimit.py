@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import multiprocessing
 import threading
 from datetime import timedelta
@@ -549,3 +550,25 @@ def test_fixed_window_key_is_named_by_the_client_and_checked_by_the_server(
     assert results == [True, True, True] or len(windows) > 1
     assert all(abs(int(w.split(b":")[-1]) - server_now[0] * 1000) < 5000 for w in windows)
     limits.close()
+
+
+def test_a_rule_without_a_key_warns_that_requests_share_one_bucket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = create_memory_storage(rate_limit_schema)
+    context = with_rate_limit(define_context(ApiInput), storage=storage)  # no generate_key
+    rule = define_rate_limit_rule(
+        context, "shared", lambda d, c: allow(), config={"type": "fixed-window", "limit": 2,
+                                                         "period": "1h"}
+    )  # fmt: skip
+    policy = define_policy(context, "p", [rule])
+    with caplog.at_level(logging.WARNING, logger="bantai"):
+        decided = [
+            evaluate_policy_sync(policy, {"userId": user, "endpoint": "/"}).is_allowed
+            for user in ("a", "b", "c", "d")
+        ]
+    assert decided == [True, True, False, False]  # four users, one bucket
+    warnings = [r.message for r in caplog.records if "shares one bucket" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not per request
+    keyed = {"userId": "e", "endpoint": "/", "rate_limit": {"key": "e"}}
+    assert evaluate_policy_sync(policy, keyed).is_allowed

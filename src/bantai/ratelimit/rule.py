@@ -108,16 +108,30 @@ def define_rate_limit_rule(
         RateLimitConfig.parse(base)  # invalid limits, periods, costs fail here, not later
     asynchronous = inspect.iscoroutinefunction(getattr(tools.storage, "update", None))
 
+    shared_bucket_warned = False
+
     def plan(data: Any, ctx: RuleContext) -> tuple[RateLimitConfig, str]:
+        nonlocal shared_bucket_warned
         section = {**base, **ctx.extras.get(RATE_LIMIT_FIELD, {})}
         cfg = RateLimitConfig.parse(section)
         subject = section.get("key") or (tools.generate_key(data) if tools.generate_key else None)
+        if not subject and not shared_bucket_warned:  # as in the original; rarely what is meant
+            shared_bucket_warned = True
+            _log.warning(
+                "rate limit rule %r: no key for this request (no generate_key in "
+                "with_rate_limit, no rate_limit.key in the input), so every such request "
+                "shares one bucket, 'rules:%s:unknown-key'",
+                name, name,
+            )  # fmt: skip
         return cfg, f"rules:{name}:{subject or 'unknown-key'}"
 
-    def decided(result: RateLimitResult, data: Any, ctx: RuleContext) -> Any:
+    def decided(result: RateLimitResult, cfg: RateLimitConfig, data: Any, ctx: RuleContext) -> Any:
         ctx.state["rate_limit"] = result
         if not result.allowed:
-            return deny(reason=result.reason, meta={"rate_limit": result.to_json()})
+            # "rate_limit" is the original's meta; the other two serve HTTP answers.
+            meta = {"rate_limit": result.to_json(), "rate_limit_result": result,
+                    "rate_limit_config": cfg}  # fmt: skip
+            return deny(reason=result.reason, meta=meta)
         return evaluate(data, ctx)
 
     def failed(exc: Exception, data: Any, ctx: RuleContext) -> Any:
@@ -143,7 +157,7 @@ def define_rate_limit_rule(
             except Exception as exc:
                 outcome = failed(exc, data, ctx)
             else:
-                outcome = decided(result, data, ctx)
+                outcome = decided(result, cfg, data, ctx)
             return await outcome if inspect.isawaitable(outcome) else outcome
 
         return define_rule(context, name, limited_async, on_allow, on_deny)
@@ -154,6 +168,6 @@ def define_rate_limit_rule(
             result = rate_limit.consume(tools.storage, cfg, key=key)
         except Exception as exc:
             return failed(exc, data, ctx)
-        return decided(result, data, ctx)
+        return decided(result, cfg, data, ctx)
 
     return define_rule(context, name, limited, on_allow, on_deny)
