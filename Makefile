@@ -26,8 +26,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
+# The library (mypy --strict), then what users see: the typing tests under mypy --strict
+# and pyright (strict), and every README example under mypy --strict.
 typecheck: $(STAMP)
 	$(PY) -m mypy
+	$(PY) -m mypy --strict tests/typing
+	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(PY) -m pyright
+	$(PY) scripts/typecheck-readme.py
 
 # The whole suite twice: compiled, then the pure-Python twin.
 unit: $(STAMP) redis-server

@@ -46,6 +46,7 @@ from bantai.errors import (
 )
 from bantai.ratelimit import (
     RateLimitConfig,
+    RateLimitConfigDict,
     RateLimitResult,
     define_rate_limit_rule,
     rate_limit,
@@ -131,6 +132,7 @@ __all__ = [
     "create_async_redis_storage",
     # rate limiting (bantai.ratelimit)
     "RateLimitConfig",
+    "RateLimitConfigDict",
     "RateLimitResult",
     "rate_limit",
     "rate_limit_schema",

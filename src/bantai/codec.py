@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import pydantic_core
 from pydantic_core import (
@@ -33,6 +33,17 @@ from bantai.wire import NonePruner, check_js_safe
 Key = str | bytes
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class ValidatorOf(Protocol[T_co]):
+    """For typing only: what a pydantic `TypeAdapter[T]` looks like to a type checker, so a
+    storage made from one is a storage of `T` (without importing pydantic here)."""
+
+    def validate_python(self, object: Any, /) -> T_co:
+        """Validate Python data into a `T`."""
+        ...
+
 
 # NaN and Infinity have no JSON form. pydantic-core writes them as bare constants when
 # configured to (then a substring test plus an exact `json.loads` catches them), but a

@@ -22,6 +22,7 @@ from bantai import (
     rate_limit,
     rate_limit_schema,
 )
+from bantai.ratelimit.algorithms import RateLimitConfigDict
 from bantai.testing import LocalRedisServer, RedisServerNotFound
 
 
@@ -138,7 +139,12 @@ def main() -> None:
 
         print("\n5. rate limiting: 50 threads at once against 5 requests per minute")
         limits = open_limiter(stack, where)
-        config = {"type": "token-bucket", "limit": 5, "period": "1m", "key": "demo:user:1"}
+        config: RateLimitConfigDict = {
+            "type": "token-bucket",
+            "limit": 5,
+            "period": "1m",
+            "key": "demo:user:1",
+        }
         limits.delete("demo:user:1")  # a fresh bucket, also on a long-lived $REDIS_URL
         start = threading.Barrier(50)
         admitted: list[bool] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypedDict
 
 from pydantic_core import SchemaValidator
@@ -114,6 +114,21 @@ rate_limit_check_result_schema: cs.CoreSchema = cs.typed_dict_schema(
 # (Number.MAX_SAFE_INTEGER): a larger limit would compute a wrong, even negative,
 # `remaining`.
 MAX_COUNT = 2**53 - 1
+
+
+class RateLimitConfigDict(TypedDict, total=False):
+    """A rate limit as a mapping, in the original's vocabulary (for type checkers: a typo in
+    `type` or a key is an error). `limit` + `period` (a `"1m"`-style string, milliseconds,
+    or a `timedelta`); or the original's aliases `windowMs`, `capacity` + `refillRate`."""
+
+    type: Algorithm
+    limit: int
+    period: str | int | timedelta
+    cost: int
+    key: str
+    windowMs: int
+    capacity: int
+    refillRate: str | int | timedelta
 
 
 @dataclass(frozen=True, slots=True)

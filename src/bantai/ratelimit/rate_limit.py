@@ -12,7 +12,7 @@ Every limiter key is written with a TTL.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from pydantic_core import ValidationError
@@ -21,6 +21,7 @@ from bantai.errors import InvalidKeyError, InvalidOptionError, StoredValueError
 from bantai.ratelimit.algorithms import (
     MAX_COUNT,
     RateLimitConfig,
+    RateLimitConfigDict,
     RateLimitResult,
     check_cost,
     decide,
@@ -31,9 +32,11 @@ from bantai.ratelimit.algorithms import (
 )
 from bantai.steps import Call, Operation, run_async, run_sync
 from bantai.storage.inputs import encode_key
+from bantai.storage.protocol import AsyncKeyValueStorage, KeyValueStorage
 
 Clock = Callable[[], int]
-ConfigLike = RateLimitConfig | Mapping[str, Any]
+# A config: validated, or a mapping in the original's vocabulary (typed by the TypedDict).
+ConfigLike = RateLimitConfig | RateLimitConfigDict
 
 __all__ = [
     "RateLimitConfig",
@@ -133,7 +136,7 @@ def _get_then_set(storage: Any, at: str, update: Callable[[Any], Any]) -> Operat
 
 
 def consume(
-    storage: Any,
+    storage: KeyValueStorage[Any],
     config: ConfigLike,
     cost: int | None = None,
     *,
@@ -151,7 +154,7 @@ def consume(
 
 
 async def consume_async(
-    storage: Any,
+    storage: AsyncKeyValueStorage[Any],
     config: ConfigLike,
     cost: int | None = None,
     *,
@@ -184,7 +187,11 @@ def _check_result(cfg: RateLimitConfig, current: Any, now: int, at: str) -> Rate
 
 
 def check(
-    storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
+    storage: KeyValueStorage[Any],
+    config: ConfigLike,
+    *,
+    key: str | None = None,
+    clock: Clock | None = None,
 ) -> RateLimitResult:
     """Read-only: would a request be admitted now? (The original's `checkRateLimit`.)
     Check-then-increment is not atomic: concurrent requests can be over-admitted; use
@@ -194,7 +201,11 @@ def check(
 
 
 async def check_async(
-    storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
+    storage: AsyncKeyValueStorage[Any],
+    config: ConfigLike,
+    *,
+    key: str | None = None,
+    clock: Clock | None = None,
 ) -> RateLimitResult:
     """`check` for asyncio storages."""
     cfg, now, at = _at(config, key, clock)
@@ -227,7 +238,11 @@ def _increment_op(storage: Any, at: str, update: Callable[[Any], Any]) -> Operat
 
 
 def increment(
-    storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
+    storage: KeyValueStorage[Any],
+    config: ConfigLike,
+    *,
+    key: str | None = None,
+    clock: Clock | None = None,
 ) -> None:
     """Count one request (the original's `incrementRateLimit`), through `update` (or get +
     set on a storage without `update`)."""
@@ -236,7 +251,11 @@ def increment(
 
 
 async def increment_async(
-    storage: Any, config: ConfigLike, *, key: str | None = None, clock: Clock | None = None
+    storage: AsyncKeyValueStorage[Any],
+    config: ConfigLike,
+    *,
+    key: str | None = None,
+    clock: Clock | None = None,
 ) -> None:
     """`increment` for asyncio storages."""
     cfg, now, at = _at(config, key, clock)

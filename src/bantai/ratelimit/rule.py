@@ -21,6 +21,7 @@ from bantai.errors import InvalidInputError, InvalidOptionError
 from bantai.ratelimit import rate_limit
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, rate_limit_schema
 from bantai.storage.memory import create_memory_storage
+from bantai.storage.protocol import AsyncKeyValueStorage, KeyValueStorage
 from bantai.storage.with_storage import with_storage
 
 RATE_LIMIT_FIELD = "rate_limit"
@@ -44,7 +45,7 @@ def _check_section(section: object) -> dict[str, Any]:
 
 def with_rate_limit(
     context: Context,
-    storage: Any = None,
+    storage: KeyValueStorage[Any] | AsyncKeyValueStorage[Any] | None = None,
     generate_key: Callable[[Any], str] | None = None,
     default_values: Mapping[str, Any] | None = None,
 ) -> Context:
@@ -106,7 +107,7 @@ def define_rate_limit_rule(
     base = {**context.extension_defaults.get(RATE_LIMIT_FIELD, {}), **_check_section(config)}
     if {"limit", "period"} <= base.keys() or {"capacity", "refillRate"} <= base.keys():
         RateLimitConfig.parse(base)  # invalid limits, periods, costs fail here, not later
-    asynchronous = inspect.iscoroutinefunction(getattr(tools.storage, "update", None))
+    asynchronous = inspect.iscoroutinefunction(getattr(tools.storage, "get", None))
 
     shared_bucket_warned = False
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Iterable, Mapping
+from typing import Any, Generic, TypeVar, cast, overload
 
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from bantai.codec import ValidatorOf
 from bantai.errors import InvalidOptionError
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
@@ -21,6 +22,7 @@ from bantai.steps import Operation, run_async
 from bantai.storage.inputs import TTL, Key, encode_key
 from bantai.storage.locking import lock_timeout_error
 from bantai.storage.options import RedisStorageOptions, StorageOptions
+from bantai.storage.protocol import AsyncKeyedUpdater, AsyncUpdater, Items, K, ValueIn
 
 T = TypeVar("T")
 
@@ -65,7 +67,7 @@ class AsyncRedisStorage(Generic[T]):
         setup = self._setup
         return ops.get_reply(setup, key, await self._driver.call(ops.get_request(setup, key)))
 
-    async def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+    async def set(self, key: Key, value: ValueIn[T], ttl_ms: TTL | None = None) -> None:
         """See `StorageAdapter.set`."""
         setup = self._setup
         request = ops.set_request(setup, key, value, ttl_ms)
@@ -85,7 +87,7 @@ class AsyncRedisStorage(Generic[T]):
         else:
             await run_async(ops.append(setup, key, item), self._driver.round_trip)
 
-    async def update(self, key: Key, updater: Callable[[T | None], Any]) -> T | None:
+    async def update(self, key: Key, updater: AsyncUpdater[T]) -> T | None:
         """See `StorageAdapter.update`; the updater may be a coroutine function. Tasks
         updating the same key through this adapter line up in-process (FIFO): only the
         first competes for the Redis lock, the next goes as soon as it is done."""
@@ -110,13 +112,11 @@ class AsyncRedisStorage(Generic[T]):
             if turn == GOT_TURN:
                 self._in_line.release(raw, failure)
 
-    async def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+    async def get_many(self, keys: Iterable[K]) -> dict[K, T | None]:
         """See `StorageAdapter.get_many`."""
         return await self._driver.run(ops.get_many(self._setup, keys))
 
-    async def set_many(
-        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
-    ) -> None:
+    async def set_many(self, items: Items[K, T], ttl_ms: TTL | None = None) -> None:
         """See `StorageAdapter.set_many`."""
         await self._driver.run(ops.set_many(self._setup, items, ttl_ms))
 
@@ -125,8 +125,8 @@ class AsyncRedisStorage(Generic[T]):
         await self._driver.run(ops.delete_many(self._setup, keys))
 
     async def update_many(
-        self, keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
-    ) -> dict[Key, T | None]:
+        self, keys: Iterable[K], updater: AsyncKeyedUpdater[K, T]
+    ) -> dict[K, T | None]:
         """See `StorageAdapter.update_many`; the updater may be a coroutine function."""
         return await self._driver.run(ops.update_many(self._setup, keys, updater))
 
@@ -151,6 +151,24 @@ class AsyncRedisStorage(Generic[T]):
         await self.close()
 
 
+@overload
+def create_async_redis_storage(
+    redis_options: Mapping[str, Any] | redis.asyncio.Redis | AsyncRedisCluster,
+    schema: type[T],
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> AsyncRedisStorage[T]: ...
+@overload
+def create_async_redis_storage(
+    redis_options: Mapping[str, Any] | redis.asyncio.Redis | AsyncRedisCluster,
+    schema: ValidatorOf[T],
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> AsyncRedisStorage[T]: ...
+@overload
+def create_async_redis_storage(
+    redis_options: Mapping[str, Any] | redis.asyncio.Redis | AsyncRedisCluster,
+    schema: object,
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> AsyncRedisStorage[Any]: ...
 def create_async_redis_storage(
     redis_options: Mapping[str, Any] | redis.asyncio.Redis | AsyncRedisCluster,
     schema: object,

@@ -46,6 +46,7 @@ from bantai.redis.round_trip import Command, ReplyLost, RoundTrip
 from bantai.redis.speedups import new_token
 from bantai.steps import Operation
 from bantai.storage.inputs import (
+    K,
     Key,
     appending,
     check_keys,
@@ -173,7 +174,7 @@ def delete(setup: Setup[T], key: Key) -> Operation[None]:
     written_reply(setup, key, reply)
 
 
-def get_many(setup: Setup[T], keys: Iterable[Key]) -> Operation[dict[Key, T | None]]:
+def get_many(setup: Setup[T], keys: Iterable[K]) -> Operation[dict[K, T | None]]:
     """Pipelined GETs, one per key (not MGET: it would pass a hash or list off as absent)."""
     key_list = check_keys(keys, unique=False)
     if not key_list:
@@ -189,7 +190,7 @@ def get_many(setup: Setup[T], keys: Iterable[Key]) -> Operation[dict[Key, T | No
 
 
 def set_many(
-    setup: Setup[T], items: Mapping[Key, object] | Iterable[tuple[Key, object]], ttl_ms: object
+    setup: Setup[T], items: Mapping[K, object] | Iterable[tuple[K, object]], ttl_ms: object
 ) -> Operation[None]:
     """MSET per slot group, or one `SET_MANY` script per group with a TTL: every value
     validated first."""
@@ -385,8 +386,8 @@ def update(
 
 
 def update_many(
-    setup: Setup[T], keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
-) -> Operation[dict[Key, T | None]]:
+    setup: Setup[T], keys: Iterable[K], updater: Callable[[K, T | None], Any]
+) -> Operation[dict[K, T | None]]:
     """`update_many` (see `locked_update`); duplicate keys are refused first."""
     key_list = check_keys(keys, unique=True)
     if not key_list:

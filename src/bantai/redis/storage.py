@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast, overload
 
 import redis
 from redis.cluster import RedisCluster
 
+from bantai.codec import ValidatorOf
 from bantai.errors import InvalidOptionError
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
@@ -20,7 +21,7 @@ from bantai.steps import Operation
 from bantai.storage.inputs import TTL, Key, encode_key
 from bantai.storage.locking import lock_timeout_error
 from bantai.storage.options import RedisStorageOptions, StorageOptions
-from bantai.storage.protocol import KeyedUpdater, Updater
+from bantai.storage.protocol import Items, K, KeyedUpdater, Updater, ValueIn
 
 T = TypeVar("T")
 
@@ -63,7 +64,7 @@ class RedisStorage(Generic[T]):
         setup = self._setup
         return ops.get_reply(setup, key, self._driver.call(ops.get_request(setup, key)))
 
-    def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+    def set(self, key: Key, value: ValueIn[T], ttl_ms: TTL | None = None) -> None:
         """Validate `value` and store it (with a TTL in ms or as a timedelta, if given)."""
         setup = self._setup
         request = ops.set_request(setup, key, value, ttl_ms)
@@ -109,13 +110,11 @@ class RedisStorage(Generic[T]):
             if turn == GOT_TURN:
                 self._in_line.release(raw, failure)
 
-    def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+    def get_many(self, keys: Iterable[K]) -> dict[K, T | None]:
         """Values of several keys in one round trip."""
         return self._driver.run(ops.get_many(self._setup, keys))
 
-    def set_many(
-        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
-    ) -> None:
+    def set_many(self, items: Items[K, T], ttl_ms: TTL | None = None) -> None:
         """Validate every value, then store all of them in one atomic round trip."""
         self._driver.run(ops.set_many(self._setup, items, ttl_ms))
 
@@ -123,7 +122,7 @@ class RedisStorage(Generic[T]):
         """See `StorageAdapter.delete_many`."""
         self._driver.run(ops.delete_many(self._setup, keys))
 
-    def update_many(self, keys: Iterable[Key], updater: KeyedUpdater[T]) -> dict[Key, T | None]:
+    def update_many(self, keys: Iterable[K], updater: KeyedUpdater[K, T]) -> dict[K, T | None]:
         """`update` for several keys: one round trip locks and reads them all (retrying only
         busy ones), `updater(key, current)` runs per key, one atomic round trip commits."""
         return self._driver.run(ops.update_many(self._setup, keys, updater))
@@ -152,6 +151,24 @@ class RedisStorage(Generic[T]):
 RedisConnection = Mapping[str, Any]
 
 
+@overload
+def create_redis_storage(
+    redis_options: RedisConnection | redis.Redis | RedisCluster,
+    schema: type[T],
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> RedisStorage[T]: ...
+@overload
+def create_redis_storage(
+    redis_options: RedisConnection | redis.Redis | RedisCluster,
+    schema: ValidatorOf[T],
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> RedisStorage[T]: ...
+@overload
+def create_redis_storage(
+    redis_options: RedisConnection | redis.Redis | RedisCluster,
+    schema: object,
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> RedisStorage[Any]: ...
 def create_redis_storage(
     redis_options: RedisConnection | redis.Redis | RedisCluster,
     schema: object,

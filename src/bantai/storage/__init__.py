@@ -8,11 +8,19 @@ from bantai.storage.memory import (
     create_memory_storage,
 )
 from bantai.storage.options import StorageOptions
-from bantai.storage.protocol import StorageAdapter
+from bantai.storage.protocol import (
+    AsyncKeyValueStorage,
+    AsyncStorageAdapter,
+    KeyValueStorage,
+    StorageAdapter,
+)
 from bantai.storage.with_storage import StorageTools, with_storage
 
 __all__ = [
+    "AsyncKeyValueStorage",
     "AsyncMemoryStorage",
+    "AsyncStorageAdapter",
+    "KeyValueStorage",
     "create_async_memory_storage",
     "MemoryStorage",
     "StorageAdapter",

@@ -23,6 +23,8 @@ from bantai.errors import (
 )
 
 T = TypeVar("T")
+# A batch caller's key type (str or bytes): the keys it passed come back in the results.
+K = TypeVar("K", bound=Key)
 
 TTL = int | timedelta
 
@@ -57,7 +59,7 @@ def encode_key(key: object) -> bytes:
     return raw
 
 
-def check_keys(keys: Iterable[Key], *, unique: bool) -> list[Key]:
+def check_keys(keys: Iterable[K], *, unique: bool) -> list[K]:
     """Materialise a batch's keys, checking each; with `unique`, refuse duplicates.
 
     Duplicates are found on the encoded bytes: ``"x"`` and ``b"x"`` (or two spellings that

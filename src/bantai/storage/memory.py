@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar, overload
 
-from bantai.codec import ValueCodec
+from bantai.codec import ValidatorOf, ValueCodec
 from bantai.errors import InvalidOptionError, LockLostError, StoredValueError
 from bantai.steps import Operation, run_async, run_sync
 from bantai.storage.inputs import (
@@ -30,7 +30,15 @@ from bantai.storage.inputs import (
 )
 from bantai.storage.locking import until_free
 from bantai.storage.options import StorageOptions
-from bantai.storage.protocol import KeyedUpdater, Updater
+from bantai.storage.protocol import (
+    AsyncKeyedUpdater,
+    AsyncUpdater,
+    Items,
+    K,
+    KeyedUpdater,
+    Updater,
+    ValueIn,
+)
 from bantai.storage.updates import plan_updates
 
 T = TypeVar("T")
@@ -109,7 +117,7 @@ class _MemoryCore(Generic[T]):
             for skey in skeys:
                 self._data.pop(skey, None)
 
-    def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+    def get_many(self, keys: Iterable[K]) -> dict[K, T | None]:
         key_list = check_keys(keys, unique=False)
         skeys = [self.key(k) for k in key_list]
         with self._mutex:
@@ -118,7 +126,7 @@ class _MemoryCore(Generic[T]):
         return {k: self.codec.decode(r, k) for k, r in zip(key_list, raws, strict=True)}
 
     def set_many(
-        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: object
+        self, items: Mapping[K, object] | Iterable[tuple[K, object]], ttl_ms: object
     ) -> None:
         pairs = list(items.items() if isinstance(items, Mapping) else items)
         key_list = check_keys([k for k, _ in pairs], unique=True)
@@ -133,7 +141,7 @@ class _MemoryCore(Generic[T]):
     # -- operations that may wait for a lease (step generators) -----------------------------
 
     def _take_leases(
-        self, keys: list[Key], skeys: list[bytes], owner: object
+        self, keys: Sequence[Key], skeys: list[bytes], owner: object
     ) -> Operation[list[bytes | None]]:
         """Lease every key (all or none, like the Redis acquire) and read their values."""
         lease_s = self.options.lock_ttl_ms / 1000.0
@@ -163,7 +171,7 @@ class _MemoryCore(Generic[T]):
                     del self._leases[skey]
 
     def update_op(
-        self, keys: list[Key], updater: Callable[..., Any], *, keyed: bool
+        self, keys: Sequence[Key], updater: Callable[..., Any], *, keyed: bool
     ) -> Operation[list[T | None]]:
         check_updater(updater)
         skeys = [self.key(k) for k in keys]
@@ -239,7 +247,7 @@ class MemoryStorage(Generic[T]):
         """See `StorageAdapter.get`."""
         return self._core.get(key)
 
-    def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+    def set(self, key: Key, value: ValueIn[T], ttl_ms: TTL | None = None) -> None:
         """See `StorageAdapter.set`."""
         self._core.set(key, value, ttl_ms)
 
@@ -247,13 +255,11 @@ class MemoryStorage(Generic[T]):
         """See `StorageAdapter.delete`."""
         self._core.delete_many(_one(key))
 
-    def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+    def get_many(self, keys: Iterable[K]) -> dict[K, T | None]:
         """See `StorageAdapter.get_many`."""
         return self._core.get_many(keys)
 
-    def set_many(
-        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
-    ) -> None:
+    def set_many(self, items: Items[K, T], ttl_ms: TTL | None = None) -> None:
         """See `StorageAdapter.set_many`."""
         self._core.set_many(items, ttl_ms)
 
@@ -265,7 +271,7 @@ class MemoryStorage(Generic[T]):
         """See `StorageAdapter.update`."""
         return run_sync(self._core.update_op(_one(key), updater, keyed=False))[0]
 
-    def update_many(self, keys: Iterable[Key], updater: KeyedUpdater[T]) -> dict[Key, T | None]:
+    def update_many(self, keys: Iterable[K], updater: KeyedUpdater[K, T]) -> dict[K, T | None]:
         """See `StorageAdapter.update_many`."""
         key_list = check_keys(keys, unique=True)
         results = run_sync(self._core.update_op(key_list, updater, keyed=True)) if key_list else []
@@ -299,7 +305,7 @@ class AsyncMemoryStorage(Generic[T]):
         """See `StorageAdapter.get`."""
         return self._core.get(key)
 
-    async def set(self, key: Key, value: T | Any, ttl_ms: TTL | None = None) -> None:
+    async def set(self, key: Key, value: ValueIn[T], ttl_ms: TTL | None = None) -> None:
         """See `StorageAdapter.set`."""
         self._core.set(key, value, ttl_ms)
 
@@ -307,13 +313,11 @@ class AsyncMemoryStorage(Generic[T]):
         """See `StorageAdapter.delete`."""
         self._core.delete_many(_one(key))
 
-    async def get_many(self, keys: Iterable[Key]) -> dict[Key, T | None]:
+    async def get_many(self, keys: Iterable[K]) -> dict[K, T | None]:
         """See `StorageAdapter.get_many`."""
         return self._core.get_many(keys)
 
-    async def set_many(
-        self, items: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl_ms: TTL | None = None
-    ) -> None:
+    async def set_many(self, items: Items[K, T], ttl_ms: TTL | None = None) -> None:
         """See `StorageAdapter.set_many`."""
         self._core.set_many(items, ttl_ms)
 
@@ -321,13 +325,13 @@ class AsyncMemoryStorage(Generic[T]):
         """See `StorageAdapter.delete_many`."""
         self._core.delete_many(keys)
 
-    async def update(self, key: Key, updater: Callable[[T | None], Any]) -> T | None:
+    async def update(self, key: Key, updater: AsyncUpdater[T]) -> T | None:
         """See `StorageAdapter.update`; the updater may be a coroutine function."""
         return (await run_async(self._core.update_op(_one(key), updater, keyed=False)))[0]
 
     async def update_many(
-        self, keys: Iterable[Key], updater: Callable[[Key, T | None], Any]
-    ) -> dict[Key, T | None]:
+        self, keys: Iterable[K], updater: AsyncKeyedUpdater[K, T]
+    ) -> dict[K, T | None]:
         """See `StorageAdapter.update_many`; the updater may be a coroutine function."""
         key_list = check_keys(keys, unique=True)
         if not key_list:
@@ -363,6 +367,21 @@ def _one(key: Key) -> list[Key]:
     return [key]
 
 
+@overload
+def create_memory_storage(
+    schema: type[T],
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> MemoryStorage[T]: ...
+@overload
+def create_memory_storage(
+    schema: ValidatorOf[T],
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> MemoryStorage[T]: ...
+@overload
+def create_memory_storage(
+    schema: object,
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> MemoryStorage[Any]: ...
 def create_memory_storage(
     schema: object, options: StorageOptions | Mapping[str, Any] | None = None
 ) -> MemoryStorage[Any]:
@@ -370,6 +389,21 @@ def create_memory_storage(
     return MemoryStorage(schema, options)
 
 
+@overload
+def create_async_memory_storage(
+    schema: type[T],
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> AsyncMemoryStorage[T]: ...
+@overload
+def create_async_memory_storage(
+    schema: ValidatorOf[T],
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> AsyncMemoryStorage[T]: ...
+@overload
+def create_async_memory_storage(
+    schema: object,
+    options: StorageOptions | Mapping[str, Any] | None = None,
+) -> AsyncMemoryStorage[Any]: ...
 def create_async_memory_storage(
     schema: object, options: StorageOptions | Mapping[str, Any] | None = None
 ) -> AsyncMemoryStorage[Any]:

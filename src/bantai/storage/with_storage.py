@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from bantai.core.context import Context, extend_context
+from bantai.storage.protocol import AsyncKeyValueStorage, KeyValueStorage
 
 
 class StorageTools:
@@ -45,7 +46,11 @@ class StorageTools:
         return f"StorageTools({self.names()}, default={self._default!r})"
 
 
-def with_storage(context: Context, storage: Any, storage_name: str = "default") -> Context:
+def with_storage(
+    context: Context,
+    storage: KeyValueStorage[Any] | AsyncKeyValueStorage[Any],
+    storage_name: str = "default",
+) -> Context:
     """A copy of `context` whose `tools.storage` also holds `storage` under `storage_name`
     (storages added earlier keep their names). Works with every bantai storage, sync or
     asyncio. The first storage added is the default one."""

@@ -9,7 +9,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -19,7 +19,13 @@ from starlette.responses import Response
 from bantai.core.policy import Policy, PolicyResult, Strategy, evaluate_policy
 from bantai.errors import InvalidInputError, InvalidOptionError
 from bantai.ratelimit import rate_limit
-from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, check_cost
+from bantai.ratelimit.algorithms import (
+    RateLimitConfig,
+    RateLimitConfigDict,
+    RateLimitResult,
+    check_cost,
+)
+from bantai.storage.protocol import AsyncKeyValueStorage, KeyValueStorage
 from bantai.web.http import (
     FORBIDDEN,
     PASS,
@@ -70,8 +76,8 @@ class RateLimit:
 
     def __init__(
         self,
-        storage: Any,
-        config: RateLimitConfig | Mapping[str, Any],
+        storage: KeyValueStorage[Any] | AsyncKeyValueStorage[Any],
+        config: RateLimitConfig | RateLimitConfigDict,
         *,
         name: str = "default",
         key: KeyFunction = client_address,
@@ -94,7 +100,8 @@ class RateLimit:
         self._cost = cost
         self._on_storage_error = on_storage_error
         self._clock = clock
-        self._asynchronous = inspect.iscoroutinefunction(getattr(storage, "update", None))
+        # An asyncio storage's methods are coroutine functions (get is always there).
+        self._asynchronous = inspect.iscoroutinefunction(getattr(storage, "get", None))
         self._warned_no_key = False
 
     async def check(self, request: Request) -> tuple[Verdict, RateLimitResult | None]:
@@ -114,7 +121,11 @@ class RateLimit:
         try:
             if self._asynchronous:
                 result = await rate_limit.consume_async(
-                    self.storage, self.config, cost, key=storage_key, clock=self._clock
+                    cast("AsyncKeyValueStorage[Any]", self.storage),
+                    self.config,
+                    cost,
+                    key=storage_key,
+                    clock=self._clock,
                 )
             else:
                 consume = partial(rate_limit.consume, key=storage_key, clock=self._clock)
