@@ -13,6 +13,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS: list[tuple[str, ...]] = [
     ("bantai.errors",),
     ("bantai.wire",),  # the Node-compatibility rules for written values
+    ("bantai.observe",),  # the instrumentation hooks and DEBUG logging (slow paths only)
     ("bantai.steps", "bantai.codec"),  # neutral: the step protocol, the schema codec
     ("bantai.core",),  # contexts, rules, policies
     ("bantai.storage",),  # protocol, inputs, options, locking, memory, with_storage

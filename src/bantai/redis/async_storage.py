@@ -16,6 +16,7 @@ from bantai.redis import operations as ops
 from bantai.redis.async_driver import AsyncDriver
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
+from bantai.redis.observed import build
 from bantai.redis.speedups import append_one, consume_one, new_token, update_one
 from bantai.redis.storage import connection_source
 from bantai.steps import Operation, run_async
@@ -130,6 +131,14 @@ class AsyncRedisStorage(Generic[T]):
         """See `StorageAdapter.update_many`; the updater may be a coroutine function."""
         return await self._driver.run(ops.update_many(self._setup, keys, updater))
 
+    async def ping(self) -> float:
+        """See `RedisStorage.ping`."""
+        started = time.perf_counter()
+        reply = await self._driver.call((b"PING",))
+        if isinstance(reply, Exception):
+            raise reply
+        return time.perf_counter() - started
+
     async def _bantai_consume(
         self, config: RateLimitConfig, key: str, cost: int, now: int
     ) -> RateLimitResult:
@@ -180,9 +189,8 @@ def create_async_redis_storage(
     client, url = connection_source(
         redis_options, (redis.asyncio.Redis, AsyncRedisCluster), asyncio_api=True
     )
-    if client is not None:
-        return AsyncRedisStorage(client, schema, options)
     storage_options = RedisStorageOptions.coerce(options)  # check before opening anything
-    return AsyncRedisStorage(
-        redis.asyncio.Redis.from_url(url), schema, storage_options, owns_client=True
-    )
+    if client is not None:
+        return build(AsyncRedisStorage, storage_options, client, schema)
+    client = redis.asyncio.Redis.from_url(url)
+    return build(AsyncRedisStorage, storage_options, client, schema, owns_client=True)

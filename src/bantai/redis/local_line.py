@@ -16,6 +16,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bantai.observe import line_waited
 from bantai.redis.round_trip import ReplyLost
 
 
@@ -90,9 +91,13 @@ class KeyQueue:
         if outcome >= 0:
             return outcome
         limit = min(deadline, overstay)
-        if turn.wake.wait(max(0.0, limit - time.monotonic())):
-            return _woken(turn)
-        return self._give_up(key, turn, overstay)
+        began = time.monotonic()
+        try:
+            if turn.wake.wait(max(0.0, limit - began)):
+                return _woken(turn)
+            return self._give_up(key, turn, overstay)
+        finally:
+            line_waited(time.monotonic() - began)
 
     async def acquire_async(self, key: bytes, deadline: float) -> int:
         """`acquire` for asyncio tasks. The wake-up is a future the releaser resolves; a
@@ -104,7 +109,8 @@ class KeyQueue:
         if outcome >= 0:
             return outcome
         limit = min(deadline, overstay)
-        timer = loop.call_later(max(0.0, limit - time.monotonic()), _resolve, turn.wake, False)
+        began = time.monotonic()
+        timer = loop.call_later(max(0.0, limit - began), _resolve, turn.wake, False)
         try:
             if await turn.wake:
                 return _woken(turn)
@@ -114,6 +120,7 @@ class KeyQueue:
             raise
         finally:
             timer.cancel()
+            line_waited(time.monotonic() - began)
         return self._give_up(key, turn, overstay)
 
     def _give_up(self, key: bytes, turn: _Turn, overstay: float) -> int:

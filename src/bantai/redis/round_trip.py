@@ -47,6 +47,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bantai.observe import RECONNECT, REDIRECT, RESEND, RETRY_LATER, SCRIPT_RELOAD, event
 from bantai.redis import scripts
 from bantai.steps import Sleep
 
@@ -223,6 +224,7 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
                         raise ReplyLost() from cause
                     raise cause from cause.__cause__
                 resent = True
+                event(RESEND, reason="not sent", error=type(exc.__cause__ or exc).__name__)
                 retry += indices
                 continue
             except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -232,6 +234,7 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
                 if resent or type(exc) is not RedisConnectionError:
                     raise
                 resent = True
+                event(RESEND, reason="connection lost before the reply", error=type(exc).__name__)
                 retry += indices
                 continue
             for reply in got[: len(loads)]:
@@ -246,13 +249,16 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
                 if isinstance(reply, NoScriptError):
                     sha = bytes(commands[index][1])  # type: ignore[arg-type]
                     to_load.setdefault(_node_name(node), {})[sha] = None
+                    event(SCRIPT_RELOAD, sha=sha[:8].decode(), node=_node_name(node))
                 elif isinstance(reply, MovedError):  # before AskError: it is a subclass
                     asking.pop(index, None)
+                    event(REDIRECT, kind="moved", slot=reply.slot_id, to=reply.node_addr)
                     yield SlotMoved(reply)
                     # A second MOVED in one round trip: the nodes disagree while a slot's
                     # new owner is being announced (a migration just ended); wait a moment.
                     pause = pause or attempt > 0
                 elif isinstance(reply, AskError):
+                    event(REDIRECT, kind="ask", slot=reply.slot_id, to=reply.node_addr)
                     target = router.node_at(reply.host, reply.port)
                     if target is None:
                         asking.pop(index, None)
@@ -261,8 +267,10 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
                         asking[index] = target
                 elif isinstance(reply, (TryAgainError, ClusterDownError, BusyLoadingError)):
                     router.stale = router.stale or isinstance(reply, ClusterDownError)
+                    event(RETRY_LATER, reply=type(reply).__name__, attempt=attempt + 1)
                     pause = True
                 elif isinstance(reply, ReadOnlyError):
+                    event(RECONNECT, reason="READONLY (the node is a replica now)")
                     yield Reconnect(node)
                     pause = True
                 else:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bantai.errors import LockTimeoutError, StoredValueError, UpdateOutcomeUnknownError
+from bantai.observe import lock_waited
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult, explain
 from bantai.redis import scripts
 from bantai.redis.replies import (
@@ -73,6 +74,7 @@ def update_one(
             wait = min(deadline - time.monotonic(), pause * (0.5 + random.random() / 2))
             if wait <= 0:
                 raise lock_timeout_error(options, keys)
+            lock_waited(wait)
             yield Sleep(wait)
             pause = min(cap, pause * 2)
         acquired = True
@@ -168,6 +170,7 @@ def consume_one(
             wait = min(deadline - time.monotonic(), pause * (0.5 + random.random() / 2))
             if wait <= 0:
                 raise lock_timeout_error(options, keys)
+            lock_waited(wait)
             yield Sleep(wait)
             pause = min(cap, pause * 2)
         if reply[0] == 1:
@@ -206,6 +209,7 @@ def append_one(setup: Any, key: str | bytes, item: object) -> Operation[None]:
         wait = min(deadline - time.monotonic(), pause * (0.5 + random.random() / 2))
         if wait <= 0:
             raise lock_timeout_error(options, keys)
+        lock_waited(wait)
         yield Sleep(wait)
         pause = min(cap, pause * 2)
     if reply[0] == -1:

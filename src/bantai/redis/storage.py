@@ -15,6 +15,7 @@ from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
+from bantai.redis.observed import build
 from bantai.redis.speedups import append_one, consume_one, new_token, update_one
 from bantai.redis.sync_driver import SyncDriver
 from bantai.steps import Operation
@@ -127,6 +128,16 @@ class RedisStorage(Generic[T]):
         busy ones), `updater(key, current)` runs per key, one atomic round trip commits."""
         return self._driver.run(ops.update_many(self._setup, keys, updater))
 
+    def ping(self) -> float:
+        """PING the server (a cluster: its default node) through this adapter's own
+        connections, for health checks; returns the round trip in seconds. Fails like any
+        call when the server is unreachable (within the client's socket timeout)."""
+        started = time.perf_counter()
+        reply = self._driver.call((b"PING",))
+        if isinstance(reply, Exception):
+            raise reply
+        return time.perf_counter() - started
+
     def _bantai_consume(
         self, config: RateLimitConfig, key: str, cost: int, now: int
     ) -> RateLimitResult:
@@ -181,10 +192,11 @@ def create_redis_storage(
     works too), or a `redis.Redis` directly. `schema` is a pydantic-core CoreSchema, a
     pydantic model, a `TypeAdapter` or a type. See `RedisStorageOptions` for `options`."""
     client, url = connection_source(redis_options, (redis.Redis, RedisCluster), asyncio_api=False)
-    if client is not None:
-        return RedisStorage(client, schema, options)
     storage_options = RedisStorageOptions.coerce(options)  # check before opening anything
-    return RedisStorage(redis.Redis.from_url(url), schema, storage_options, owns_client=True)
+    if client is not None:
+        return build(RedisStorage, storage_options, client, schema)
+    client = redis.Redis.from_url(url)
+    return build(RedisStorage, storage_options, client, schema, owns_client=True)
 
 
 def connection_source(

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from bantai.errors import LockTimeoutError
+from bantai.observe import lock_waited
 from bantai.steps import Operation, Sleep
 from bantai.storage.inputs import Key
 from bantai.storage.options import StorageOptions
@@ -50,6 +51,7 @@ def until_free(
         wait = min(deadline - time.monotonic(), pause * (0.5 + random.random() / 2))
         if wait <= 0:
             raise lock_timeout_error(options, busy)
+        lock_waited(wait)
         yield Sleep(wait)
         pause = min(cap, pause * 2)
 

@@ -281,6 +281,10 @@ class MemoryStorage(Generic[T]):
         """See `StorageAdapter.append`."""
         run_sync(self._core.append_op(key, item))
 
+    def ping(self) -> float:
+        """Always healthy (in-process); present so health checks treat every storage alike."""
+        return 0.0
+
     def close(self) -> None:
         """Nothing to close; present so code can treat every storage alike."""
 
@@ -342,6 +346,10 @@ class AsyncMemoryStorage(Generic[T]):
     async def append(self, key: Key, item: Any) -> None:
         """See `StorageAdapter.append`."""
         await run_async(self._core.append_op(key, item))
+
+    async def ping(self) -> float:
+        """Always healthy (in-process); present so health checks treat every storage alike."""
+        return 0.0
 
     async def close(self) -> None:
         """Nothing to close; present so code can treat every storage alike."""

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from bantai.codec import ValueCodec, codec_for
 from bantai.errors import InvalidOptionError
+from bantai.observe import Instrumentation
 from bantai.storage.inputs import MAX_TTL_MS
 
 OptionsT = TypeVar("OptionsT", bound="StorageOptions")
@@ -119,9 +120,14 @@ class RedisStorageOptions(StorageOptions):
       trip on an idle machine) at the price of that much CPU per round trip; the compiled
       build spins without holding the GIL. Worth it for latency-critical threads with a
       core to spare; not with many busy threads on few cores. At most 10000.
+    - `instrumentation`: an `bantai.observe.Instrumentation` whose hooks see every
+      operation (default: the one `set_default_instrumentation` set, else none — and then
+      nothing is observed and nothing costs anything). `bantai.otel` provides one for
+      OpenTelemetry.
     """
 
     busy_poll_us: int = 0
+    instrumentation: Instrumentation | None = None
 
     def __post_init__(self) -> None:
         super(RedisStorageOptions, self).__post_init__()
@@ -133,4 +139,11 @@ class RedisStorageOptions(StorageOptions):
             raise InvalidOptionError(
                 f"busy_poll_us must be an int from 0 to 10000 (microseconds), "
                 f"not {self.busy_poll_us!r}"
+            )
+        if self.instrumentation is not None and not isinstance(
+            self.instrumentation, Instrumentation
+        ):
+            raise InvalidOptionError(
+                "instrumentation must be a bantai.observe.Instrumentation, "
+                f"not {self.instrumentation!r}"
             )
