@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bantai.redis",),  # the adapter (uses the pure decisions for its consume script)
     ("bantai.ratelimit",),  # consume/check/increment, with_rate_limit (no Redis import)
     ("bantai.web",),  # HTTP guards (Starlette / FastAPI), over policies and rate limits
+    ("bantai.otel",),  # OpenTelemetry hooks (optional extra)
     ("bantai", "bantai.testing", "bantai.demo"),  # the package facade and the tools
 ]
 
