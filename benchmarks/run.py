@@ -292,8 +292,9 @@ def main() -> None:
                     samples[name].setdefault(key, []).append(value)
             print(f"round {round_no + 1}/{rounds} done", file=sys.stderr)
         costs = rate_limit_costs(server.url, *((50, "100") if args.smoke else (1000, "100,10000")))
+        observing = instrumentation_costs(server.url, *((100, 1) if args.smoke else (3000, 7)))
     medians = {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
-    report(medians, samples, about, costs, smoke=args.smoke)
+    report(medians, samples, about, costs, observing, smoke=args.smoke)
 
 
 def _row(label: str, values: list[str], width: int = 13) -> str:
@@ -315,11 +316,22 @@ def rate_limit_costs(url: str, decisions: int, sizes: str) -> dict[str, dict[str
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+def instrumentation_costs(url: str, count: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Sync get / update ops/s without, with no-op and with OpenTelemetry instrumentation
+    (`bench_instrumentation`, interleaved rounds in one process)."""
+    argv = [sys.executable, "-m", "benchmarks.bench_instrumentation", url, str(count), str(rounds)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if out.returncode:
+        raise SystemExit(f"instrumentation costs failed:\n{out.stderr}")
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
 def report(
     medians: dict[str, dict[str, float]],
     samples: dict[str, Any],
     about: dict[str, Any],
     costs: dict[str, dict[str, float]],
+    observing: dict[str, dict[str, float]],
     *,
     smoke: bool,
 ) -> None:
@@ -347,6 +359,14 @@ def report(
     print("\nrate limiting, server time and stored state per decision (window full):")
     for name, cost in costs.items():
         print(f"  {name:<40}{cost['server_us']:>10.1f} us{cost['bytes']:>10,.0f} B")
+    print("\ninstrumentation (sync, compiled; median ops/s, and / off):")
+    off = observing.get("off", {})
+    for name, by_workload in observing.items():
+        cells = [
+            f"{by_workload[w]:,.0f} ({by_workload[w] / off[w]:.2f})" if off.get(w) else "-"
+            for w in ("get", "update")
+        ]
+        print(_row(name, cells, 20))
     print("\nredis-benchmark on the same server:")
     for k, v in medians["rb"].items():
         print(f"  {k:<24}{v:>12,.0f}")
@@ -382,6 +402,7 @@ def report(
                 "provenance": about,
                 "medians": medians,
                 "rate_limit_costs": costs,
+                "instrumentation": observing,
                 "samples": samples,
                 "ratios": ratios,
                 "time": stamp,

@@ -17,8 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from bantai.errors import (
     InvalidInputError,
@@ -41,11 +40,10 @@ RECONNECT = "reconnect"  # READONLY (failover) or a dead connection: a new conne
 RESEND = "resend"  # a read (or an unsent command) resent once on a new connection
 
 
-@dataclass(frozen=True, slots=True)
-class OperationStart:
+class OperationStart(NamedTuple):
     """What an operation is about to do: `operation` (the method: get, set, update,
     get_many, consume, ...), how many keys, and where (what the client was configured
-    with; a cluster names its first startup node)."""
+    with; a cluster names its default node)."""
 
     operation: str
     key_count: int
@@ -54,8 +52,7 @@ class OperationStart:
     database: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class OperationEnd:
+class OperationEnd(NamedTuple):
     """How it ended: `outcome` (see `outcome_of`), the exception if it raised, how long it
     took, and how long it waited for busy locks (Redis lock retries and this process's
     line) with how many retries."""
@@ -118,16 +115,19 @@ _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
 )
 
 
-@dataclass(slots=True)
 class Observation:
     """One observed operation in flight (the context variable's value)."""
 
-    hooks: Instrumentation
-    context: Any
-    start: OperationStart
-    started: float = field(default_factory=time.perf_counter)
-    lock_wait_s: float = 0.0
-    lock_retries: int = 0
+    __slots__ = ("context", "hooks", "lock_retries", "lock_wait_s", "start", "started", "token")
+
+    def __init__(self, hooks: Instrumentation, start: OperationStart) -> None:
+        self.hooks = hooks
+        self.start = start
+        self.context: Any = None
+        self.lock_wait_s = 0.0
+        self.lock_retries = 0
+        self.token: Any = None
+        self.started = time.perf_counter()
 
 
 _current: ContextVar[Observation | None] = ContextVar("bantai_observation", default=None)
@@ -149,28 +149,34 @@ def default_instrumentation() -> Instrumentation | None:
     return _default[0]
 
 
-def begin(hooks: Instrumentation, start: OperationStart) -> tuple[Observation, Any]:
-    """Start observing an operation on this thread / task; returns the observation and
-    the context-variable token for `finish`."""
-    context = _call(hooks.start, start)
-    observation = Observation(hooks, context, start)
-    return observation, _current.set(observation)
+def begin(hooks: Instrumentation, start: OperationStart) -> Observation:
+    """Start observing an operation on this thread / task (hand the result to `finish`)."""
+    observation = Observation(hooks, start)
+    try:
+        observation.context = hooks.start(start)
+    except Exception:
+        log.exception("instrumentation hook start failed (ignored)")
+    observation.token = _current.set(observation)
+    return observation
 
 
-def finish(observation: Observation, token: Any, error: BaseException | None) -> None:
+def finish(observation: Observation, error: BaseException | None) -> None:
     """End the observation `begin` started (always, also when the operation raised)."""
-    _current.reset(token)
+    _current.reset(observation.token)
     start = observation.start
     result = OperationEnd(
         start.operation,
         start.key_count,
-        outcome_of(error),
+        "ok" if error is None else outcome_of(error),
         error,
         time.perf_counter() - observation.started,
         observation.lock_wait_s,
         observation.lock_retries,
     )
-    _call(observation.hooks.end, observation.context, result)
+    try:
+        observation.hooks.end(observation.context, result)
+    except Exception:
+        log.exception("instrumentation hook end failed (ignored)")
 
 
 def lock_waited(pause_s: float) -> None:

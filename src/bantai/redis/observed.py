@@ -78,8 +78,12 @@ def server_of(client: Any) -> tuple[str | None, int | None, int | None]:
 def _sync_wrapper(method: Callable[..., Any], name: str, count: Callable[..., Counted]) -> Any:
     @functools.wraps(method)
     def observed(self: Any, *args: Any, **kwargs: Any) -> Any:
-        args, keys = count(args)
-        observation, token = begin(self._hooks, OperationStart(name, keys, *self._server))
+        if count is _one:  # the common case: one key, a start built once per storage
+            start = self._starts[name]
+        else:
+            args, keys = count(args)
+            start = OperationStart(name, keys, *self._server)
+        observation = begin(self._hooks, start)
         error: BaseException | None = None
         try:
             return method(self, *args, **kwargs)
@@ -87,7 +91,7 @@ def _sync_wrapper(method: Callable[..., Any], name: str, count: Callable[..., Co
             error = exc
             raise
         finally:
-            finish(observation, token, error)
+            finish(observation, error)
 
     return observed
 
@@ -95,8 +99,12 @@ def _sync_wrapper(method: Callable[..., Any], name: str, count: Callable[..., Co
 def _async_wrapper(method: Callable[..., Any], name: str, count: Callable[..., Counted]) -> Any:
     @functools.wraps(method)
     async def observed(self: Any, *args: Any, **kwargs: Any) -> Any:
-        args, keys = count(args)
-        observation, token = begin(self._hooks, OperationStart(name, keys, *self._server))
+        if count is _one:  # the common case: one key, a start built once per storage
+            start = self._starts[name]
+        else:
+            args, keys = count(args)
+            start = OperationStart(name, keys, *self._server)
+        observation = begin(self._hooks, start)
         error: BaseException | None = None
         try:
             return await method(self, *args, **kwargs)
@@ -104,7 +112,7 @@ def _async_wrapper(method: Callable[..., Any], name: str, count: Callable[..., C
             error = exc
             raise
         finally:
-            finish(observation, token, error)
+            finish(observation, error)
 
     return observed
 
@@ -113,7 +121,7 @@ def _async_wrapper(method: Callable[..., Any], name: str, count: Callable[..., C
 def observed_class(base: type, *, asynchronous: bool) -> type:
     """The observed subclass of a facade class (built once)."""
     wrap = _async_wrapper if asynchronous else _sync_wrapper
-    namespace: dict[str, Any] = {"__slots__": ("_hooks", "_server")}
+    namespace: dict[str, Any] = {"__slots__": ("_hooks", "_server", "_starts")}
     for method_name, (operation, count) in OBSERVED.items():
         namespace[method_name] = wrap(getattr(base, method_name), operation, count)
     namespace["__doc__"] = base.__doc__
@@ -131,5 +139,10 @@ def build(base: type[S], options: RedisStorageOptions, *args: Any, **kwargs: Any
     asynchronous = inspect.iscoroutinefunction(facade.get)
     storage: Any = observed_class(facade, asynchronous=asynchronous)(*args, options, **kwargs)
     storage._hooks = hooks
-    storage._server = server_of(storage.client)
+    storage._server = server = server_of(storage.client)
+    storage._starts = {
+        operation: OperationStart(operation, 1, *server)
+        for operation, count in OBSERVED.values()
+        if count is _one
+    }
     return cast(S, storage)
