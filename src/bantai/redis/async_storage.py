@@ -15,10 +15,11 @@ from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
 from bantai.redis.async_driver import AsyncDriver
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
+from bantai.redis.local_cache import CacheStats
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
 from bantai.redis.observed import build
 from bantai.redis.speedups import append_one, consume_one, new_token, update_one
-from bantai.redis.storage import connection_source
+from bantai.redis.storage import NO_CLUSTER_CACHE, connection_source
 from bantai.steps import Operation, run_async
 from bantai.storage.inputs import TTL, Key, encode_key
 from bantai.storage.locking import lock_timeout_error
@@ -63,8 +64,8 @@ class AsyncRedisStorage(Generic[T]):
         """The redis-py asyncio client this adapter sends through."""
         return self._client
 
-    async def get(self, key: Key) -> T | None:
-        """See `StorageAdapter.get`."""
+    async def get(self, key: Key, *, use_cache: bool = True) -> T | None:
+        """See `StorageAdapter.get` (`use_cache=False`: past the `local_cache`)."""
         setup = self._setup
         return ops.get_reply(setup, key, await self._driver.call(ops.get_request(setup, key)))
 
@@ -113,8 +114,8 @@ class AsyncRedisStorage(Generic[T]):
             if turn == GOT_TURN:
                 self._in_line.release(raw, failure)
 
-    async def get_many(self, keys: Iterable[K]) -> dict[K, T | None]:
-        """See `StorageAdapter.get_many`."""
+    async def get_many(self, keys: Iterable[K], *, use_cache: bool = True) -> dict[K, T | None]:
+        """See `StorageAdapter.get_many` (`use_cache=False`: past the `local_cache`)."""
         return await self._driver.run(ops.get_many(self._setup, keys))
 
     async def set_many(self, items: Items[K, T], ttl_ms: TTL | None = None) -> None:
@@ -138,6 +139,10 @@ class AsyncRedisStorage(Generic[T]):
         if isinstance(reply, Exception):
             raise reply
         return time.perf_counter() - started
+
+    def local_cache_stats(self) -> CacheStats | None:
+        """The `local_cache`'s counters, or None when it is off."""
+        return None
 
     async def _bantai_consume(
         self, config: RateLimitConfig, key: str, cost: int, now: int
@@ -190,7 +195,16 @@ def create_async_redis_storage(
         redis_options, (redis.asyncio.Redis, AsyncRedisCluster), asyncio_api=True
     )
     storage_options = RedisStorageOptions.coerce(options)  # check before opening anything
+    facade: type[AsyncRedisStorage[Any]] = AsyncRedisStorage
+    if storage_options.cache is not None:
+        if isinstance(client, AsyncRedisCluster):
+            raise InvalidOptionError(NO_CLUSTER_CACHE)
+        from bantai.redis.cached import (
+            CachedAsyncRedisStorage,  # a subclass of this module's facade
+        )
+
+        facade = CachedAsyncRedisStorage
     if client is not None:
-        return build(AsyncRedisStorage, storage_options, client, schema)
+        return build(facade, storage_options, client, schema)
     client = redis.asyncio.Redis.from_url(url)
-    return build(AsyncRedisStorage, storage_options, client, schema, owns_client=True)
+    return build(facade, storage_options, client, schema, owns_client=True)

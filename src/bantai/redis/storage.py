@@ -14,6 +14,7 @@ from bantai.errors import InvalidOptionError
 from bantai.ratelimit.algorithms import RateLimitConfig, RateLimitResult
 from bantai.redis import operations as ops
 from bantai.redis.keys import ClusterKeyLayout, KeyLayout
+from bantai.redis.local_cache import CacheStats
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
 from bantai.redis.observed import build
 from bantai.redis.speedups import append_one, consume_one, new_token, update_one
@@ -60,8 +61,9 @@ class RedisStorage(Generic[T]):
         """The redis-py client this adapter sends through."""
         return self._client
 
-    def get(self, key: Key) -> T | None:
-        """The value stored under `key`, validated, or None when there is none."""
+    def get(self, key: Key, *, use_cache: bool = True) -> T | None:
+        """The value stored under `key`, validated, or None when there is none.
+        (`use_cache=False`: past the `local_cache`, when there is one.)"""
         setup = self._setup
         return ops.get_reply(setup, key, self._driver.call(ops.get_request(setup, key)))
 
@@ -111,8 +113,8 @@ class RedisStorage(Generic[T]):
             if turn == GOT_TURN:
                 self._in_line.release(raw, failure)
 
-    def get_many(self, keys: Iterable[K]) -> dict[K, T | None]:
-        """Values of several keys in one round trip."""
+    def get_many(self, keys: Iterable[K], *, use_cache: bool = True) -> dict[K, T | None]:
+        """Values of several keys in one round trip (`use_cache`: see `get`)."""
         return self._driver.run(ops.get_many(self._setup, keys))
 
     def set_many(self, items: Items[K, T], ttl_ms: TTL | None = None) -> None:
@@ -137,6 +139,10 @@ class RedisStorage(Generic[T]):
         if isinstance(reply, Exception):
             raise reply
         return time.perf_counter() - started
+
+    def local_cache_stats(self) -> CacheStats | None:
+        """The `local_cache`'s counters, or None when it is off."""
+        return None
 
     def _bantai_consume(
         self, config: RateLimitConfig, key: str, cost: int, now: int
@@ -193,10 +199,22 @@ def create_redis_storage(
     pydantic model, a `TypeAdapter` or a type. See `RedisStorageOptions` for `options`."""
     client, url = connection_source(redis_options, (redis.Redis, RedisCluster), asyncio_api=False)
     storage_options = RedisStorageOptions.coerce(options)  # check before opening anything
+    facade: type[RedisStorage[Any]] = RedisStorage
+    if storage_options.cache is not None:
+        if isinstance(client, RedisCluster):
+            raise InvalidOptionError(NO_CLUSTER_CACHE)
+        from bantai.redis.cached import CachedRedisStorage  # a subclass of this module's facade
+
+        facade = CachedRedisStorage
     if client is not None:
-        return build(RedisStorage, storage_options, client, schema)
+        return build(facade, storage_options, client, schema)
     client = redis.Redis.from_url(url)
-    return build(RedisStorage, storage_options, client, schema, owns_client=True)
+    return build(facade, storage_options, client, schema, owns_client=True)
+
+
+NO_CLUSTER_CACHE = (
+    "local_cache is not supported on Redis Cluster yet (single server and Sentinel only)"
+)
 
 
 def connection_source(

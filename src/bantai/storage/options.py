@@ -111,6 +111,65 @@ class StorageOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalCacheOptions:
+    """The Redis adapters' local cache of validated values (`local_cache` option), kept
+    coherent by Redis client tracking; invalid values raise `InvalidOptionError`.
+
+    - `max_entries`: at most this many keys are cached; the least recently used goes
+      first (default 10000).
+    - `max_ttl_ms`: an entry is dropped this long after it was read from Redis even if no
+      invalidation came (default None: only an invalidation or the key's own TTL ends it).
+    - `broadcast`: track every key under the storage's prefix (`CLIENT TRACKING ... BCAST
+      PREFIX`) instead of the keys this process read: no per-read tracking on the server,
+      but an invalidation message for every write under the prefix (default False). The
+      prefix must not be empty then.
+    """
+
+    max_entries: int = 10_000
+    max_ttl_ms: int | None = None
+    broadcast: bool = False
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.max_entries, int)
+            or isinstance(self.max_entries, bool)
+            or not (1 <= self.max_entries <= 100_000_000)
+        ):
+            raise InvalidOptionError(
+                f"local_cache max_entries must be an int from 1 to 100000000, "
+                f"not {self.max_entries!r}"
+            )
+        if self.max_ttl_ms is not None:
+            _check_ms("local_cache max_ttl_ms", self.max_ttl_ms, minimum=1)
+        if not isinstance(self.broadcast, bool):
+            raise InvalidOptionError(
+                f"local_cache broadcast must be True or False, not {self.broadcast!r}"
+            )
+
+    @classmethod
+    def coerce(cls, value: object) -> LocalCacheOptions | None:
+        """None / False (off), True (defaults), a mapping of these fields, or an instance."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidOptionError(
+                "local_cache must be a mapping (max_entries, max_ttl_ms, broadcast), True, "
+                f"or None, not {type(value).__name__}"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise InvalidOptionError(
+                f"unknown local_cache option(s) {unknown}; valid options are {sorted(known)}"
+            )
+        return cls(**value)
+
+
+@dataclass(frozen=True, slots=True)
 class RedisStorageOptions(StorageOptions):
     """The Redis adapters' options: those of `StorageOptions`, plus
 
@@ -124,10 +183,14 @@ class RedisStorageOptions(StorageOptions):
       operation (default: the one `set_default_instrumentation` set, else none — and then
       nothing is observed and nothing costs anything). `bantai.otel` provides one for
       OpenTelemetry.
+    - `local_cache`: keep validated values in this process and serve `get` / `get_many`
+      from there until Redis says the key changed (`LocalCacheOptions`, a mapping of its
+      fields, or True for the defaults; default None = off). Single server and Sentinel.
     """
 
     busy_poll_us: int = 0
     instrumentation: Instrumentation | None = None
+    local_cache: LocalCacheOptions | Mapping[str, Any] | bool | None = None
 
     def __post_init__(self) -> None:
         super(RedisStorageOptions, self).__post_init__()
@@ -147,3 +210,15 @@ class RedisStorageOptions(StorageOptions):
                 "instrumentation must be a bantai.observe.Instrumentation, "
                 f"not {self.instrumentation!r}"
             )
+        cache = LocalCacheOptions.coerce(self.local_cache)
+        if cache is not None and cache.broadcast and not self.prefix:
+            raise InvalidOptionError(
+                "local_cache broadcast needs a prefix: with an empty one every write to the "
+                "database would be broadcast to this process"
+            )
+        object.__setattr__(self, "local_cache", cache)
+
+    @property
+    def cache(self) -> LocalCacheOptions | None:
+        """The local cache's options (None: off)."""
+        return self.local_cache  # type: ignore[return-value]  # coerced in __post_init__

@@ -1,0 +1,159 @@
+"""The invalidation stream of a local cache, asyncio flavour (`tracking.py` explains the
+stream and has what both flavours share).
+
+The connection comes from redis-py (auth, TLS, db, Sentinel), then its transport is taken
+over by a protocol that applies each message the moment the event loop reads it. A
+lookup runs without yielding to the loop, so it first asks the kernel whether bytes are
+waiting on the stream's socket (one ``poll()`` with a zero timeout); if they are, it
+reads from Redis instead of the cache, and the loop applies the messages while that read
+is in flight (the fill it starts is poisoned if its key was among them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import select
+from typing import Any
+
+import hiredis
+
+from bantai.redis._compat import async_transport
+from bantai.redis.local_cache import LocalCache
+from bantai.redis.speedups import pack_commands
+from bantai.redis.tracking import TrackingUnavailable, apply_message, setup_commands
+
+log = logging.getLogger("bantai")
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """Replies to the set-up commands first (to `expect`ed futures), then messages."""
+
+    def __init__(self, stream: AsyncInvalidationStream) -> None:
+        self.stream = stream
+        self.reader = hiredis.Reader()
+        self.waiting: list[tuple[int, list[Any], asyncio.Future[list[Any]]]] = []
+
+    def expect(self, count: int) -> asyncio.Future[list[Any]]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiting.append((count, [], future))
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        while True:
+            message = reader.gets()
+            if message is False:
+                return
+            if self.waiting:
+                count, replies, future = self.waiting[0]
+                replies.append(message)
+                if len(replies) == count:
+                    self.waiting.pop(0)
+                    if not future.done():
+                        future.set_result(replies)
+            else:
+                apply_message(self.stream.cache, message)
+
+    def eof_received(self) -> bool:
+        return False  # close: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for _, _, future in self.waiting:
+            if not future.done():
+                future.set_exception(ConnectionError(f"connection lost: {exc or 'closed'}"))
+        self.waiting.clear()
+        self.stream.lost(self, f"the invalidation connection was lost: {exc or 'closed'}")
+
+
+class AsyncInvalidationStream:
+    """The asyncio stream: connected lazily by the first fill, bound to its event loop."""
+
+    def __init__(self, pool: Any, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
+        self._pool = pool
+        self.cache = cache
+        self._broadcast_prefix = broadcast_prefix
+        self._protocol: _StreamProtocol | None = None
+        self._conn: Any = None
+        self._transport: asyncio.Transport | None = None
+        self._poll: Any = None
+        self._opening: asyncio.Future[int] | None = None
+        self.client_id: int | None = None
+
+    def caught_up(self) -> bool:
+        """True when no message is waiting to be read: the cache may be used as it is."""
+        poller = self._poll
+        return poller is None or not poller.poll(0)
+
+    async def ensure(self) -> int:
+        """The stream's client id, connecting first if needed (one connect shared by the
+        tasks that need it; raises `TrackingUnavailable`)."""
+        if self.client_id is not None:
+            return self.client_id
+        opening = self._opening
+        if opening is None:
+            opening = self._opening = asyncio.ensure_future(self._connect())
+        try:
+            return await asyncio.shield(opening)
+        finally:
+            if opening.done():
+                self._opening = None
+
+    async def _connect(self) -> int:
+        pool = self._pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        try:
+            await conn.connect()
+            transport = async_transport(conn)
+            protocol = _StreamProtocol(self)
+            transport.set_protocol(protocol)
+            transport.write(pack_commands([(b"CLIENT", b"ID")]))
+            (client_id,) = await protocol.expect(1)
+            commands = setup_commands(client_id, self._broadcast_prefix)
+            reply = protocol.expect(len(commands))
+            transport.write(pack_commands(commands))
+            for answer in await reply:
+                if isinstance(answer, Exception):
+                    raise answer
+        except Exception as exc:
+            await _disconnect(conn)
+            log.warning("local cache unavailable, reading from Redis: %s", exc)
+            raise TrackingUnavailable(str(exc)) from exc
+        sock = transport.get_extra_info("socket")
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        self._conn, self._transport, self._protocol, self._poll = conn, transport, protocol, poller
+        self.client_id = int(client_id)
+        return self.client_id
+
+    def lost(self, protocol: _StreamProtocol, why: str) -> None:
+        """The connection of `protocol` is gone: messages may have been lost."""
+        if protocol is self._protocol:
+            self._forget(why)
+
+    def reset(self, why: str) -> None:
+        """A fill learned that the server no longer knows this stream: start over."""
+        transport = self._transport
+        self._forget(why)
+        if transport is not None:
+            transport.close()
+
+    def _forget(self, why: str) -> None:
+        log.debug("local cache dropped: %s", why)
+        self._conn = self._transport = self._protocol = self._poll = None
+        self.client_id = None
+        self.cache.invalidate_all()
+
+    def close(self) -> None:
+        """Close the connection (the storage is closing)."""
+        self.reset("the storage was closed")
+
+
+async def _disconnect(conn: Any) -> None:
+    with contextlib.suppress(Exception):  # broken already: nothing more to release
+        await conn.disconnect(nowait=True)
+
+
+__all__ = ["AsyncInvalidationStream"]

@@ -1,0 +1,251 @@
+"""The invalidation stream of a local cache, blocking flavour: one dedicated connection
+to the server that receives Redis client-tracking invalidation messages.
+
+Reads that fill the cache are sent with ``CLIENT TRACKING ON REDIRECT <id> OPTIN`` and
+``CLIENT CACHING YES`` in front, on whatever connection the driver picks, so the server
+sends the messages for every key they read to this one connection (``REDIRECT`` works
+with RESP2, where the connection subscribes to ``__redis__:invalidate``, and with RESP3,
+where the messages are push replies). With `broadcast`, this connection itself asks for
+every key under the prefix (``BCAST PREFIX``) and the reads need nothing in front.
+
+No thread reads it. Messages wait in the socket until the next cache lookup, which first
+asks the kernel whether any arrived (one ``poll()`` with a zero timeout, ~0.3 µs) and
+applies them before it looks at the cache: a lookup never serves an entry whose
+invalidation had already reached this process. When the connection breaks (the server
+restarted, ``CLIENT KILL``, its output buffer limit), messages may have been lost: the
+whole cache is dropped, and the next fill opens a new connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import ssl
+import threading
+from typing import Any
+
+import hiredis
+
+from bantai.redis._compat import sync_socket
+from bantai.redis.local_cache import LocalCache
+from bantai.redis.speedups import pack_commands
+
+log = logging.getLogger("bantai")
+
+CHANNEL = b"__redis__:invalidate"
+_READ_SIZE = 65536
+
+
+def invalidated_keys(message: Any) -> tuple[bool, list[bytes] | None]:
+    """(is an invalidation, its keys) of a message on the stream: a RESP2 pub/sub message
+    on the invalidation channel or a RESP3 ``invalidate`` push. Keys None: everything
+    (FLUSHDB / FLUSHALL)."""
+    if isinstance(message, list) and message:
+        kind = message[0]
+        if kind == b"message" and len(message) == 3 and message[1] == CHANNEL:
+            return True, message[2]
+        if kind == b"invalidate" and len(message) == 2:
+            return True, message[1]
+    return False, None
+
+
+def apply_message(cache: LocalCache, message: Any) -> None:
+    """Apply one message of the stream to the cache (others are ignored)."""
+    is_invalidation, keys = invalidated_keys(message)
+    if not is_invalidation:
+        return
+    if keys is None:
+        cache.invalidate_all()
+    else:
+        cache.invalidate(keys)
+
+
+def setup_commands(client_id: int | None, broadcast_prefix: bytes | None) -> list[tuple[Any, ...]]:
+    """What the stream's connection sends once connected (after ``CLIENT ID``)."""
+    commands: list[tuple[Any, ...]] = []
+    if broadcast_prefix is not None:
+        commands.append(
+            (b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", client_id, b"BCAST", b"PREFIX",
+             broadcast_prefix)
+        )  # fmt: skip
+    commands.append((b"SUBSCRIBE", CHANNEL))
+    return commands
+
+
+def fill_prefix(client_id: int) -> list[tuple[Any, ...]]:
+    """The command in front of a fill's reads (per-key tracking): tracking on, towards the
+    stream's connection, for reads that opt in (each read then follows a
+    ``CLIENT CACHING YES``). Sent with every fill, so a connection that was opened, or
+    whose tracking pointed elsewhere, since the last fill is set right in the same round
+    trip."""
+    return [(b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", client_id, b"OPTIN")]
+
+
+class TrackingUnavailable(Exception):
+    """The stream could not be opened (the server refused a command, or could not be
+    reached); `__cause__` says why. The cache stays empty and reads go to Redis."""
+
+
+class InvalidationStream:
+    """The blocking stream: connected lazily by the first fill, read by lookups."""
+
+    __slots__ = (
+        "_broadcast_prefix",
+        "_cache",
+        "_conn",
+        "_lock",
+        "_poll",
+        "_pool",
+        "_reader",
+        "_sock",
+        "_tls",
+        "client_id",
+    )
+
+    def __init__(self, pool: Any, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._broadcast_prefix = broadcast_prefix
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._sock: Any = None
+        self._tls = False
+        self._reader: Any = None
+        self._poll: Any = None
+        self.client_id: int | None = None  # None: not connected
+
+    # --- the lookup side --------------------------------------------------------------------
+
+    def catch_up(self) -> None:
+        """Apply every message that has reached this process (call before a lookup)."""
+        poller, sock = self._poll, self._sock
+        if poller is None:
+            return
+        try:
+            ready = poller.poll(0)
+        except RuntimeError:  # another thread is in poll() on this object right now
+            try:
+                ready = select.select((sock,), (), (), 0)[0]
+            except (OSError, ValueError):  # closed meanwhile: drain() sees it
+                ready = True
+        if ready or (self._tls and sock.pending()):
+            with self._lock:
+                self._drain()
+
+    def _drain(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        reader = self._reader
+        cache = self._cache
+        while True:
+            try:
+                data = sock.recv(_READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return
+            except OSError as exc:
+                self._broken(f"the invalidation connection failed: {exc}")
+                return
+            if not data:
+                self._broken("the server closed the invalidation connection")
+                return
+            reader.feed(data)
+            while True:
+                message = reader.gets()
+                if message is False:
+                    break
+                apply_message(cache, message)
+
+    def _broken(self, why: str) -> None:
+        log.debug("local cache dropped: %s", why)
+        self._close()
+        self._cache.invalidate_all()
+
+    # --- the fill side ----------------------------------------------------------------------
+
+    def ensure(self) -> int:
+        """The stream's client id, connecting first if needed (raises
+        `TrackingUnavailable`)."""
+        client_id = self.client_id
+        if client_id is not None:
+            return client_id
+        with self._lock:
+            if self.client_id is None:
+                self._connect()
+            assert self.client_id is not None
+            return self.client_id
+
+    def _connect(self) -> None:
+        pool = self._pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        try:
+            conn.connect()
+            sock = sync_socket(conn)
+            reader = hiredis.Reader()
+            client_id = self._call(sock, reader, [(b"CLIENT", b"ID")])[0]
+            prefix = self._broadcast_prefix
+            replies = self._call(sock, reader, setup_commands(client_id, prefix))
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        except Exception as exc:
+            conn.disconnect()
+            log.warning("local cache unavailable, reading from Redis: %s", exc)
+            raise TrackingUnavailable(str(exc)) from exc
+        sock.setblocking(False)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        self._conn, self._sock, self._reader, self._poll = conn, sock, reader, poller
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        # Nothing to drop: when a stream breaks the cache is emptied and the epoch moves on
+        # (poisoning fills in flight), and client ids are never reused, so a fill still
+        # aiming at the old connection gets an error reply instead of tracking.
+        self.client_id = int(client_id)
+
+    @staticmethod
+    def _call(sock: Any, reader: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Blocking request/replies during set-up (the socket has its connect timeout)."""
+        sock.sendall(pack_commands(commands))
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            reply = reader.gets()
+            if reply is False:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    raise ConnectionError("the server closed the connection")
+                reader.feed(data)
+            else:
+                replies.append(reply)  # error replies come back as ReplyError instances
+        return replies
+
+    def reset(self, why: str) -> None:
+        """A fill learned that the server no longer knows this stream (its redirect id is
+        gone): start over."""
+        with self._lock:
+            self._broken(why)
+
+    def _close(self) -> None:
+        conn = self._conn
+        self._conn = self._sock = self._reader = self._poll = None
+        self.client_id = None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing more to release
+                conn.disconnect()
+
+    def close(self) -> None:
+        """Close the connection (the storage is closing)."""
+        with self._lock:
+            self._close()
+            self._cache.invalidate_all()
+
+
+__all__ = [
+    "CHANNEL",
+    "InvalidationStream",
+    "TrackingUnavailable",
+    "apply_message",
+    "fill_prefix",
+    "invalidated_keys",
+    "setup_commands",
+]

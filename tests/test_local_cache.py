@@ -1,0 +1,517 @@
+"""The local cache (`local_cache` option) against real Redis servers, blocking and asyncio,
+per-key tracking and broadcast: hits and misses, TTLs, another client's SET / DEL /
+EXPIRE / FLUSHDB / eviction, this client's own writes, the fill/invalidation race, a
+killed invalidation connection, the LRU bound, a server that refuses tracking, and a
+Hypothesis model of two clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic_core import core_schema
+
+from bantai import (
+    InvalidOptionError,
+    create_async_redis_storage,
+    create_redis_storage,
+    rate_limit,
+    rate_limit_schema,
+)
+from bantai.testing import LocalRedisCluster, LocalRedisServer
+from tests.conftest import BlockingShim, LoopThread, unique_prefix
+
+Make = Callable[..., Any]
+MODES = ["sync", "sync-broadcast", "async", "async-broadcast"]
+
+
+def _maker(mode: str, url: str, loop: LoopThread, created: list[Any]) -> Make:
+    def make(schema: object = dict[str, int], **options: Any) -> Any:
+        options.setdefault("prefix", unique_prefix())
+        cache = dict(options.pop("cache", {}))
+        cache.setdefault("broadcast", mode.endswith("broadcast"))
+        options["local_cache"] = cache
+        if mode.startswith("async"):
+            storage: Any = BlockingShim(
+                create_async_redis_storage({"url": url}, schema, options), loop
+            )
+        else:
+            storage = create_redis_storage({"url": url}, schema, options)
+        created.append(storage)
+        return storage
+
+    return make
+
+
+@pytest.fixture(params=MODES)
+def make(
+    request: pytest.FixtureRequest, redis_server: LocalRedisServer, loop_thread: LoopThread
+) -> Iterator[Make]:
+    created: list[Any] = []
+    yield _maker(request.param, redis_server.url, loop_thread, created)
+    for storage in created:
+        storage.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_own(
+    request: pytest.FixtureRequest,
+    own_redis_server: Callable[..., LocalRedisServer],
+    loop_thread: LoopThread,
+) -> Iterator[tuple[Make, redis.Redis]]:
+    """A cached storage on a server of its own (for FLUSHDB, CLIENT KILL, maxmemory)."""
+    server = own_redis_server()
+    created: list[Any] = []
+    other = redis.Redis.from_url(server.url)
+    yield _maker(request.param, server.url, loop_thread, created), other
+    other.close()
+    for storage in created:
+        storage.close()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.002)
+
+
+def other_client(storage: Any) -> redis.Redis:
+    client = redis.Redis.from_url(_url_of(storage))
+    return client
+
+
+def _url_of(storage: Any) -> str:
+    kwargs = storage.client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}"
+
+
+def key_of(storage: Any, key: str) -> str:
+    return f"{storage.options.prefix}{key}"
+
+
+# --- hits, misses, TTLs ------------------------------------------------------------------------
+
+
+def test_hits_are_served_locally_and_counted(make: Make) -> None:
+    storage = make()
+    storage.set("a", {"x": 1})
+    assert storage.get("a") == {"x": 1}  # miss: read from Redis, then cached
+    assert storage.get("a") == {"x": 1}  # hit
+    assert storage.get_many(["a", "nope"]) == {"a": {"x": 1}, "nope": None}
+    assert storage.get_many(["a", "nope"]) == {"a": {"x": 1}, "nope": None}
+    stats = storage.local_cache_stats()
+    assert stats.hits == 4 and stats.misses == 2 and stats.entries == 2
+
+
+def test_a_hit_does_not_touch_redis(make: Make) -> None:
+    storage = make()
+    storage.set("a", {"x": 1})
+    storage.get("a")
+    other = other_client(storage)
+    try:
+        before = int(other.info("stats")["total_commands_processed"])
+        for _ in range(50):
+            assert storage.get("a") == {"x": 1}
+        after = int(other.info("stats")["total_commands_processed"])
+        assert after - before == 1  # only the INFO itself
+    finally:
+        other.close()
+
+
+def test_returned_values_are_not_shared(make: Make) -> None:
+    storage = make()
+    storage.set("a", {"x": 1})
+    first = storage.get("a")
+    first["x"] = 99  # the caller's own copy
+    assert storage.get("a") == {"x": 1}
+    second = storage.get("a")
+    second["y"] = 2
+    assert storage.get("a") == {"x": 1}
+
+
+def test_an_entry_never_outlives_the_keys_ttl(make: Make) -> None:
+    storage = make()
+    storage.set("short", {"x": 1}, ttl_ms=150)
+    assert storage.get("short") == {"x": 1}
+    assert storage.get("short") == {"x": 1}
+    time.sleep(0.2)
+    assert storage.get("short") is None
+
+
+def test_max_ttl_ms_bounds_an_entry_without_any_invalidation(make: Make) -> None:
+    storage = make(cache={"max_ttl_ms": 100})
+    storage.set("a", {"x": 1})
+    storage.get("a")
+    assert storage.get("a") == {"x": 1}
+    time.sleep(0.15)
+    misses = storage.local_cache_stats().misses
+    assert storage.get("a") == {"x": 1}
+    assert storage.local_cache_stats().misses == misses + 1
+
+
+def test_lru_bound(make: Make) -> None:
+    storage = make(cache={"max_entries": 2})
+    storage.set_many({"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 3}})
+    storage.get("a")
+    storage.get("b")
+    storage.get("a")  # b is now the least recently used
+    storage.get("c")
+    stats = storage.local_cache_stats()
+    assert stats.entries == 2 and stats.evictions == 1
+    hits = stats.hits
+    storage.get("a")
+    assert storage.local_cache_stats().hits == hits + 1  # a stayed
+    storage.get("b")
+    assert storage.local_cache_stats().hits == hits + 1  # b was evicted
+
+
+def test_use_cache_false_reads_redis_and_leaves_the_cache(make: Make) -> None:
+    storage = make()
+    storage.set("a", {"x": 1})
+    storage.get("a")
+    before = storage.local_cache_stats()
+    assert storage.get("a", use_cache=False) == {"x": 1}
+    assert storage.get_many(["a"], use_cache=False) == {"a": {"x": 1}}
+    assert storage.local_cache_stats() == before
+
+
+# --- another client's changes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda r, k: r.set(k, b'{"x":2}'), {"x": 2}),
+        (lambda r, k: r.delete(k), None),
+        (lambda r, k: r.pexpire(k, 1), None),
+        (lambda r, k: r.getdel(k), None),
+    ],
+    ids=["SET", "DEL", "EXPIRE", "GETDEL"],
+)
+def test_another_clients_change_is_seen_by_the_next_read(
+    make: Make, change: Callable[[redis.Redis, str], object], expected: object
+) -> None:
+    storage = make()
+    storage.set("a", {"x": 1})
+    assert storage.get("a") == {"x": 1}
+    assert storage.get("a") == {"x": 1}
+    other = other_client(storage)
+    try:
+        change(other, key_of(storage, "a"))
+        time.sleep(0.005)  # EXPIRE: let the millisecond pass
+        assert storage.get("a") == expected  # the very next read: no waiting
+    finally:
+        other.close()
+
+
+def test_flushdb_drops_everything(make_own: tuple[Make, redis.Redis]) -> None:
+    make_, other = make_own
+    storage = make_()
+    storage.set_many({"a": {"x": 1}, "b": {"x": 2}})
+    storage.get_many(["a", "b"])
+    other.flushdb()
+    assert storage.get_many(["a", "b"]) == {"a": None, "b": None}
+    assert storage.local_cache_stats().flushes >= 1
+
+
+def test_an_evicted_key_is_not_served(make_own: tuple[Make, redis.Redis]) -> None:
+    make_, other = make_own
+    storage = make_(schema=str)
+    storage.set("victim", "v" * 1000)
+    assert storage.get("victim") == "v" * 1000
+    other.config_set("maxmemory-policy", "allkeys-random")
+    used = int(other.info("memory")["used_memory"])
+    other.config_set("maxmemory", used + 200_000)
+    try:
+        for i in range(2000):  # fill until the server evicts (bounded)
+            other.set(f"filler:{i}", "f" * 1000)
+            if not other.exists(key_of(storage, "victim")):
+                break
+        else:
+            pytest.fail("the server never evicted the key")
+    finally:
+        other.config_set("maxmemory", 0)
+    assert storage.get("victim") is None
+
+
+def test_a_killed_invalidation_connection_empties_the_cache(
+    make_own: tuple[Make, redis.Redis],
+) -> None:
+    make_, other = make_own
+    storage = make_()
+    storage.set("a", {"x": 1})
+    storage.get("a")
+    other.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    other.set(key_of(storage, "a"), b'{"x":2}')  # nobody is told
+    eventually(lambda: storage.get("a") == {"x": 2})
+    assert storage.local_cache_stats().flushes >= 1
+    # A new stream serves and invalidates again.
+    assert storage.get("a") == {"x": 2}
+    other.set(key_of(storage, "a"), b'{"x":3}')
+    assert storage.get("a") == {"x": 3}
+
+
+def test_a_restarted_server_empties_the_cache(own_redis_server: Any) -> None:
+    server = own_redis_server()
+    storage = create_redis_storage(
+        {"url": server.url}, dict[str, int], {"prefix": "p:", "local_cache": True}
+    )
+    try:
+        storage.set("a", {"x": 1})
+        storage.get("a")
+        server.restart()  # nothing persisted: the key is gone
+        eventually(lambda: _reads_none(storage))
+    finally:
+        storage.close()
+
+
+def _reads_none(storage: Any) -> bool:
+    try:
+        return storage.get("a") is None
+    except Exception:
+        return False
+
+
+# --- this client's own writes ----------------------------------------------------------------
+
+
+def test_own_writes_are_read_at_once(make: Make) -> None:
+    storage = make()
+    storage.set("a", {"x": 1})
+    assert storage.get("a") == {"x": 1}
+    storage.set("a", {"x": 2})
+    assert storage.get("a") == {"x": 2}
+    storage.update("a", lambda v: {"value": {"x": v["x"] + 1}})
+    assert storage.get("a") == {"x": 3}
+    storage.set_many({"a": {"x": 4}, "b": {"x": 5}})
+    assert storage.get_many(["a", "b"]) == {"a": {"x": 4}, "b": {"x": 5}}
+    storage.update_many(["a", "b"], lambda k, v: {"value": {"x": v["x"] * 10}})
+    assert storage.get_many(["a", "b"]) == {"a": {"x": 40}, "b": {"x": 50}}
+    storage.delete("a")
+    assert storage.get("a") is None
+    storage.delete_many(["b"])
+    assert storage.get("b") is None
+    storage.set_many([("c", {"x": 6})])
+    assert storage.get("c") == {"x": 6}
+
+
+def test_own_appends_and_rate_limits_are_read_at_once(make: Make) -> None:
+    events = make(schema=list[str])
+    events.append("log", "a")
+    assert events.get("log") == ["a"]
+    events.append("log", "b")
+    assert events.get("log") == ["a", "b"]
+    limits = make(schema=rate_limit_schema)
+    config: Any = {"type": "token-bucket", "limit": 5, "period": "1h", "key": "u"}
+    rate_limit.consume(limits, config)
+    other = other_client(limits)
+    try:
+        (stored,) = other.keys(f"{limits.options.prefix}*")
+    finally:
+        other.close()
+    state_key = stored.decode().removeprefix(limits.options.prefix)
+    first = limits.get(state_key)
+    assert first is not None and limits.get(state_key) == first
+    rate_limit.consume(limits, config)
+    assert limits.get(state_key) != first
+
+
+# --- the fill / invalidation race -----------------------------------------------------------------
+
+
+def test_an_invalidation_during_a_fill_discards_it(redis_server: LocalRedisServer) -> None:
+    """The value read, then the key changes and its invalidation is applied, then the fill
+    completes: the value read must not be cached (the server will not announce the key
+    again). A validator that blocks on a marker value holds the fill between its reply
+    and its insertion."""
+    reply_in = threading.Event()
+    go_on = threading.Event()
+
+    def hold(value: str) -> str:
+        if value == "old":
+            reply_in.set()
+            assert go_on.wait(10)
+        return value
+
+    schema = core_schema.no_info_after_validator_function(hold, core_schema.str_schema())
+    storage = create_redis_storage(
+        {"url": redis_server.url}, schema, {"prefix": unique_prefix(), "local_cache": True}
+    )
+    other = redis.Redis.from_url(redis_server.url)
+    try:
+        other.set(key_of(storage, "k"), b'"old"')
+        storage.get("warm-up")  # opens the invalidation stream
+        result: list[Any] = []
+        reader = threading.Thread(target=lambda: result.append(storage.get("k")))
+        reader.start()
+        assert reply_in.wait(10)  # the fill has its reply ("old"), not yet inserted
+        other.set(key_of(storage, "k"), b'"new"')  # acknowledged: the invalidation is sent
+        time.sleep(0.05)
+        storage.get("warm-up")  # a lookup applies the invalidation: the fill is poisoned
+        go_on.set()
+        reader.join(10)
+        assert result == ["old"]  # current when it was read
+        assert storage.get("k") == "new"  # and not cached
+        assert storage.get("k") == "new"
+    finally:
+        go_on.set()
+        other.close()
+        storage.close()
+
+
+def test_concurrent_readers_and_a_writer_never_go_back(make: Make) -> None:
+    """Threads read while another client counts up: a reader never sees a value older than
+    one it saw before, and after the last write everybody reads the last value."""
+    storage = make(schema=int)
+    other = other_client(storage)
+    redis_key = key_of(storage, "n")
+    other.set(redis_key, 0)
+    failures: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        last = -1
+        deadline = time.monotonic() + 10
+        while not done.is_set() and time.monotonic() < deadline:
+            value = storage.get("n")
+            if value < last:
+                failures.append(f"went back from {last} to {value}")
+            last = value
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    try:
+        for i in range(1, 201):
+            other.set(redis_key, i)
+        eventually(lambda: storage.get("n") == 200)
+    finally:
+        done.set()
+        for thread in readers:
+            thread.join(10)
+        other.close()
+    assert not failures
+
+
+# --- what is refused, and what degrades --------------------------------------------------------
+
+
+def test_cluster_is_refused_clearly(redis_cluster: LocalRedisCluster) -> None:
+    host, port = redis_cluster.startup_nodes[0]
+    client = redis.cluster.RedisCluster(host=host, port=port)
+    try:
+        with pytest.raises(InvalidOptionError, match="Cluster"):
+            create_redis_storage({"client": client}, int, {"local_cache": True})
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"max_entries": 0}, "max_entries"),
+        ({"max_ttl_ms": -1}, "max_ttl_ms"),
+        ({"broadcast": "yes"}, "broadcast"),
+        ({"size": 3}, "unknown local_cache option"),
+        ("big", "local_cache must be"),
+    ],
+)
+def test_bad_cache_options_are_refused(value: object, message: str) -> None:
+    with pytest.raises(InvalidOptionError, match=message):
+        create_redis_storage({"url": "redis://127.0.0.1:1"}, int, {"local_cache": value})
+
+
+def test_broadcast_needs_a_prefix() -> None:
+    with pytest.raises(InvalidOptionError, match="prefix"):
+        create_redis_storage(
+            {"url": "redis://127.0.0.1:1"}, int, {"local_cache": {"broadcast": True}}
+        )
+
+
+def test_a_user_without_tracking_rights_reads_uncached(
+    own_redis_server: Callable[..., LocalRedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = own_redis_server()
+    admin = redis.Redis.from_url(server.url)
+    admin.execute_command(
+        "ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "-client", "-subscribe"
+    )
+    storage = create_redis_storage(
+        {"client": redis.Redis.from_url(server.url, username="app", password="pw")},
+        int,
+        {"prefix": "p:", "local_cache": True},
+    )
+    try:
+        storage.set("a", 1)
+        assert storage.get("a") == 1
+        admin.set("p:a", 2)
+        assert storage.get("a") == 2  # never cached: always read from Redis
+        assert storage.local_cache_stats().entries == 0
+        assert "local cache unavailable" in caplog.text
+    finally:
+        storage.close()
+        admin.close()
+
+
+# --- a model of two clients ---------------------------------------------------------------
+
+_operations = st.lists(
+    st.tuples(
+        st.sampled_from(["read", "read_many", "write_here", "write_there", "delete_there"]),
+        st.sampled_from(["a", "b", "c"]),
+        st.integers(0, 1000),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@pytest.fixture(scope="module")
+def model_storages(
+    redis_server: LocalRedisServer, loop_thread: LoopThread
+) -> Iterator[list[tuple[Any, redis.Redis]]]:
+    pairs = []
+    for mode in MODES:
+        created: list[Any] = []
+        storage = _maker(mode, redis_server.url, loop_thread, created)(schema=int)
+        pairs.append((storage, redis.Redis.from_url(redis_server.url)))
+    yield pairs
+    for storage, other in pairs:
+        storage.close()
+        other.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations=_operations)
+def test_model_of_two_clients(
+    model_storages: list[tuple[Any, redis.Redis]], operations: list[tuple[str, str, int]]
+) -> None:
+    """Every read returns the value of the last write acknowledged before it started, by
+    this client or by the other one (each write finishes before the next step)."""
+    for storage, other in model_storages:
+        model: dict[str, int | None] = {}
+        storage.delete_many(["a", "b", "c"])
+        for operation, key, value in operations:
+            if operation == "read":
+                assert storage.get(key) == model.get(key), (operation, key)
+            elif operation == "read_many":
+                got = storage.get_many(["a", "b", "c"])
+                assert got == {k: model.get(k) for k in "abc"}
+            elif operation == "write_here":
+                storage.set(key, value)
+                model[key] = value
+            elif operation == "write_there":
+                other.set(key_of(storage, key), value)
+                model[key] = value
+            else:
+                other.delete(key_of(storage, key))
+                model[key] = None
