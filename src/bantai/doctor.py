@@ -725,7 +725,11 @@ def _on_every_node(
     if len(results) == 1:
         return results[0][1]
     name, worst = max(results, key=lambda r: (SEVERITY[r[1].status], _number(r[1], "p99_us")))
-    detail = f"{name}: {worst.detail} (worst of {len(results)} masters)"
+    if len({c.detail for _, c in results}) == 1:
+        return Check(
+            worst.name, worst.status, f"{worst.detail}; all {len(results)} masters", worst.extra
+        )
+    detail = f"{worst.detail}; worst of {len(results)} masters: {name}"
     return Check(worst.name, worst.status, detail, {**worst.extra, "node": name})
 
 
