@@ -26,9 +26,9 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
@@ -231,7 +231,10 @@ def _split(url: str) -> SplitResult:
 
 
 def _credentials(username: str | None, password: str | None, db: str | None) -> dict[str, Any]:
-    options: dict[str, Any] = {"username": username or None, "password": password or None}
+    options: dict[str, Any] = {
+        "username": unquote(username) if username else None,
+        "password": unquote(password) if password else None,
+    }
     if db is not None:
         if not db.isdigit():
             raise InvalidOptionError(f"the database must be a number, not {db!r}")
@@ -270,7 +273,7 @@ def _secrets(url: str) -> tuple[str, ...]:
         return ()
     found = [parts.netloc.rpartition("@")[0].partition(":")[2]]
     found += [v for k, v in parse_qsl(parts.query) if "password" in k.lower()]
-    return tuple(s for s in found if s)
+    return tuple(sorted({f for s in found if s for f in (s, unquote(s))}, key=len, reverse=True))
 
 
 def layout_for(target: Target, prefix: bytes) -> KeyLayout:
@@ -550,13 +553,18 @@ def latency_check(node: Node, settings: Settings) -> Check:
         return Check("latency", "warn", f"could not PING: {exc}")
     samples.sort()
     p50, p99 = _percentile(samples, 50), _percentile(samples, 99)
-    extra = {"p50_us": round(p50), "p99_us": round(p99), "max_us": round(samples[-1])}
+    extra = {
+        "p50_us": round(p50),
+        "p99_us": round(p99),
+        "max_us": round(samples[-1]),
+        "pings": len(samples),
+    }
     detail = f"p50 {p50:.0f} us, p99 {p99:.0f} us over {len(samples)} PINGs"
     if p99 > SLOW_P99_US:
         return Check(
             "latency", "warn", f"{detail}: slow (every update takes 2+ round trips)", extra
         )
-    return Check("latency", "ok", detail, {**extra, "pings": len(samples)})
+    return Check("latency", "ok", detail, extra)
 
 
 def _percentile(sorted_samples: Sequence[float], p: int) -> float:
@@ -851,11 +859,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidOptionError as exc:
         print(f"python -m bantai doctor: error: {exc}", file=sys.stderr)
         return 2
-    checks = run(target, settings)
+    checks = [replace(c, detail=scrub(c.detail, target.secrets)) for c in run(target, settings)]
     code = exit_code(checks, strict=args.strict)
     if args.json:
         output = render_json(target, checks, code)
     else:
         output = render_table(target, settings, checks, code)
-    print(scrub(output, target.secrets))
+    print(output)
     return code
+
+
+__all__ = ["Check", "Settings", "Target", "main", "mask_url", "parse_target", "run"]
