@@ -618,6 +618,7 @@ def acl_check(node: Node, settings: Settings) -> Check:
     probe = node.probe or _probe_key()
     value, lock = node.layout.value_key(probe), node.layout.lock_key(probe)
     commands = _library_commands(value, lock)
+    user: str | None
     try:
         user = _text(_command(node.client, "ACL", "WHOAMI"))
         refused = _dry_run(node.client, user, commands)
@@ -625,15 +626,17 @@ def acl_check(node: Node, settings: Settings) -> Check:
     except ResponseError:  # ACL WHOAMI / DRYRUN not allowed (or Redis < 7)
         if node.probe is None:
             return Check("acl", "info", f"no key under {shown} lives on this node: not tried")
-        user, how = "the connected user", "tried them"
+        user, how = None, "tried them"
         refused = _try_commands(node.client, value, lock)
+    who = f"user {user}" if user else "the connected user"
     names = [name for name, _ in commands]
     extra: dict[str, object] = {"user": user, "commands": names, "method": how}
     if refused:
         reasons = "; ".join(f"{name}: {why}" for name, why in refused.items())
-        detail = f"{user} may not run {', '.join(refused)} on keys under {shown} ({reasons})"
+        detail = f"{who} may not run {', '.join(refused)} on keys under {shown} ({reasons})"
         return Check("acl", "fail", detail, {**extra, "refused": refused})
-    return Check("acl", "ok", f"{user} may run all {len(names)} commands on {shown} ({how})", extra)
+    detail = f"{who} may run bantai's {len(names)} commands on keys under {shown} ({how})"
+    return Check("acl", "ok", detail, extra)
 
 
 def _dry_run(
