@@ -168,6 +168,7 @@ def test_a_cluster_is_checked_master_by_master(
     code, report = doctor(capsys, f"redis+cluster://{host}:{port}", "--prefix", "app:")
     checks = by_name(report)
     assert code == 0 and report["kind"] == "cluster", report
+    assert report["target"] == f"redis+cluster://{host}:{port}"
     assert checks["mode"]["masters"] == 3 and "cluster_state ok" in checks["mode"]["detail"]
     assert len(checks["connect"]["detail"].split(", ")) == 3
     assert checks["acl"]["status"] == "ok" and checks["acl"]["detail"].endswith("; all 3 masters")

@@ -152,7 +152,8 @@ def parse_target(
             raise InvalidOptionError("--cluster cannot be combined with a sentinel URL")
         return _sentinel_from_url(url)
     if scheme in ("redis+cluster", "rediss+cluster"):
-        return _standalone_or_cluster(scheme.partition("+")[0] + url[len(scheme) :], True)
+        plain = scheme.partition("+")[0] + url[len(scheme) :]
+        return _standalone_or_cluster(plain, True, shown=mask_url(url))
     if scheme in ("redis", "rediss", "unix"):
         if cluster and scheme == "unix":
             raise InvalidOptionError("--cluster needs a redis:// or rediss:// URL")
@@ -163,7 +164,7 @@ def parse_target(
     )
 
 
-def _standalone_or_cluster(url: str, cluster: bool) -> Target:
+def _standalone_or_cluster(url: str, cluster: bool, shown: str | None = None) -> Target:
     parts = _split(url)
     if parts.scheme != "unix" and not parts.hostname:
         raise InvalidOptionError(f"the URL names no host: {mask_url(url)}")
@@ -171,9 +172,8 @@ def _standalone_or_cluster(url: str, cluster: bool) -> Target:
         redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise InvalidOptionError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
-    return Target(
-        "cluster" if cluster else "standalone", mask_url(url), url=url, secrets=_secrets(url)
-    )
+    kind: Kind = "cluster" if cluster else "standalone"
+    return Target(kind, shown or mask_url(url), url=url, secrets=_secrets(url))
 
 
 def _sentinel_from_url(url: str) -> Target:
