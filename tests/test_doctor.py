@@ -8,14 +8,16 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 
 from bantai import __main__ as cli
+from bantai import doctor as doctor_module
 from bantai.doctor import main, mask_url
 from bantai.redis import IMPLEMENTATION
+from bantai.redis.keys import KeyLayout
 from bantai.testing import LocalRedisCluster, LocalRedisServer, LocalSentinel, free_port
 from tests import test_sentinel
 
@@ -192,13 +194,18 @@ def test_a_sentinel_names_the_master(
     sentinel_set: tuple[LocalRedisServer, LocalRedisServer, LocalSentinel],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    master, _, sentinel = sentinel_set
+    master, replica, sentinel = sentinel_set
     code, report = doctor(capsys, f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster")
     mode = by_name(report)["mode"]
     assert code == 0 and report["kind"] == "sentinel", report
     assert mode["master"] == f"127.0.0.1:{master.port}" and mode["sentinels"] == 1
     assert mode["status"] == "warn"  # a single sentinel
     assert by_name(report)["connect"]["detail"] == f"127.0.0.1:{master.port}"
+
+    code, report = doctor(capsys, replica.url)  # the replica, as if it were the server
+    assert code == 1 and by_name(report)["mode"]["detail"].startswith(
+        f"a replica of 127.0.0.1:{master.port}: writes fail"
+    )
 
     code, report = doctor(
         capsys, "--sentinel", f"127.0.0.1:{sentinel.port}", "--service", "nosuchservice"
@@ -263,3 +270,34 @@ def test_acl_a_user_missing_evalsha_fails_naming_it(
     who = "user noeval" if user == "noeval" else "the connected user"
     assert acl["detail"].startswith(f"{who} may not run EVALSHA on keys under prefix 'app:'")
     assert by_name(report)["scripts"]["status"] == "fail"
+
+
+class FakeInfo:
+    """Answers INFO server as an older server would (no such server is installed here)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def info(self, section: str) -> dict[str, str]:
+        return {"redis_version": self.version, "redis_mode": "standalone"}
+
+
+@pytest.mark.parametrize(("version", "status"), [("6.2.14", "fail"), ("7.0.0", "ok")])
+def test_below_redis_7_the_version_check_fails(version: str, status: str) -> None:
+    node = doctor_module.Node("fake", cast(Any, FakeInfo(version)), KeyLayout(b""), None)
+    check = doctor_module.version_check(node, doctor_module.Settings(prefix=b""))
+    assert check.status == status
+    if status == "fail":
+        assert "`#!lua` flags, which need Redis >= 7.0" in check.detail
+
+
+def test_the_build_check_warns_only_where_wheels_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor_module, "IMPLEMENTATION", "python")
+    monkeypatch.setattr(doctor_module, "NO_EXTENSIONS", False)
+    monkeypatch.setattr(doctor_module, "_wheels_exist", lambda: True)
+    assert doctor_module.build_check().status == "warn"
+    monkeypatch.setattr(doctor_module, "NO_EXTENSIONS", True)  # asked for: fine
+    assert doctor_module.build_check().status == "ok"
+    monkeypatch.setattr(doctor_module, "NO_EXTENSIONS", False)
+    monkeypatch.setattr(doctor_module, "_wheels_exist", lambda: False)
+    assert doctor_module.build_check().status == "ok"
