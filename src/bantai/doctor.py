@@ -8,8 +8,9 @@ prefix, and which build of bantai is active. Each check is a row: ok, info, warn
 
 Traffic goes only to the given address, the cluster nodes it names, or the master the
 given sentinels name. Nothing is read from the keyspace but a probe key that does not
-exist; the only writes are that probe key (with a 5-second TTL, deleted at once), and only
-when ACL DRYRUN is not allowed. Values and passwords are never printed.
+exist. Besides loading bantai's scripts into the script cache (as bantai itself does), the
+only writes are to that probe key (with a 5-second TTL, deleted at once), and only when
+ACL DRYRUN is not allowed. Values and passwords are never printed.
 
 Exit codes: 0 ready (warnings allowed unless --strict), 1 a check failed (or warned, with
 --strict), 2 a usage error (bad URL or arguments).
