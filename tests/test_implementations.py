@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import threading
 import time
@@ -216,3 +217,33 @@ def test_json_round_trip(tree: Tree) -> None:
     parsed = json.loads(data)
     assert parsed == tree.model_dump(mode="json")
     assert pydantic_core.to_json(parsed) == data
+
+
+@pytest.mark.parametrize("has_poll", [True, False], ids=["poll", "select"])
+def test_readiness_checks_without_poll(has_poll: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows has no `select.poll` (and gets no compiled extension): the idle-connection
+    check before a write and the pure busy-poll fall back to `select()` there. Both ways
+    see no data, then data, then a closed peer."""
+    from bantai.redis import sync_driver
+
+    if not hasattr(select, "poll"):  # Windows
+        has_poll = False
+    monkeypatch.setattr(pure, "_HAS_POLL", has_poll)
+    readable = sync_driver._readable_by_poll if has_poll else sync_driver._readable_by_select
+    a, b = socket.socketpair()
+    with a, b:
+        assert not readable(a)
+        started = time.perf_counter()
+        pure._spin_until_readable(a, 20_000)  # nothing arrives: spins the whole 20 ms
+        assert time.perf_counter() - started >= 0.02
+        b.sendall(b"+OK\r\n")
+        started = time.perf_counter()
+        pure._spin_until_readable(a, 5_000_000)  # returns as soon as it is readable
+        assert time.perf_counter() - started < 1
+        assert readable(a)
+        assert a.recv(16) == b"+OK\r\n"
+        assert not readable(a)
+        b.close()
+        assert readable(a)  # the peer closed: a stale connection
+    native = "poll" if hasattr(select, "poll") else "select"
+    assert sync_driver._readable.__name__ == f"_readable_by_{native}"

@@ -143,15 +143,24 @@ class Wire:
         return replies
 
 
+_HAS_POLL = hasattr(select, "poll")
+
+
 def _spin_until_readable(sock: socket.socket, spin_us: int) -> None:
     """Poll (without sleeping) until the socket is readable or `spin_us` has passed."""
     deadline = time.perf_counter() + spin_us / 1e6
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    poll = poller.poll
-    while not poll(0):
-        if time.perf_counter() >= deadline:
-            return
+    if _HAS_POLL:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poll = poller.poll
+        while not poll(0):
+            if time.perf_counter() >= deadline:
+                return
+    else:  # Windows has no poll(); its select() takes sockets
+        watched = [sock]
+        while not select.select(watched, [], [], 0)[0]:
+            if time.perf_counter() >= deadline:
+                return
 
 
 def _where(conn: Any) -> str:

@@ -113,15 +113,28 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _stale(conn: Any) -> bool:
-    """True when an idle connection has no socket, or its socket is readable (the server
-    closed it, or it holds bytes nobody asked for): one zero-timeout poll()."""
-    sock = sync_socket(conn)
-    if sock is None:
-        return True
+def _readable_by_poll(sock: Any) -> bool:
+    """Whether `sock` is readable right now: one zero-timeout poll()."""
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def _readable_by_select(sock: Any) -> bool:
+    """The same with select(), for Windows, which has no poll() (select takes sockets)."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+_readable = _readable_by_poll if hasattr(select, "poll") else _readable_by_select
+
+
+def _stale(conn: Any) -> bool:
+    """True when an idle connection has no socket, or its socket is readable (the server
+    closed it, or it holds bytes nobody asked for)."""
+    sock = sync_socket(conn)
+    if sock is None:
+        return True
+    return _readable(sock)
 
 
 class _Node:
