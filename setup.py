@@ -7,6 +7,10 @@
   instead — unless `BANTAI_REQUIRE_EXTENSIONS=1`, which turns the failure into an error
   (wheels and CI use it, so a silently slow build can never ship).
 - `BANTAI_NO_EXTENSIONS=1` at build time skips the extension (the pure wheel).
+- Windows gets no extension: `_speedups` is written against POSIX sockets (`poll()`,
+  `send()` with `MSG_NOSIGNAL`, `errno`). The pure wheel serves Windows; a build there
+  says so and installs the pure-Python implementation (an error with
+  `BANTAI_REQUIRE_EXTENSIONS=1`).
 - The extensions are linked stripped (no debug information or local symbols), which
   makes them about a sixth of their size: wheels ship the `.so` files, not the C/Cython
   sources (the sdist does ship those).
@@ -32,6 +36,12 @@ def _flag(name: str) -> bool:
 
 REQUIRE = _flag("BANTAI_REQUIRE_EXTENSIONS")
 SKIP = _flag("BANTAI_NO_EXTENSIONS")
+WINDOWS = sys.platform == "win32"
+
+WINDOWS_NOTE = (
+    "bantai: no compiled extension on Windows (it uses POSIX sockets); installing the "
+    "pure-Python implementation, which behaves the same.\n"
+)
 
 BANNER = """
 ************************************************************************************
@@ -57,6 +67,14 @@ def _extension(name: str, source: str) -> Extension:
 def _extensions() -> list[Extension]:
     if SKIP:
         return []
+    if WINDOWS:
+        if REQUIRE:
+            raise RuntimeError(
+                "BANTAI_REQUIRE_EXTENSIONS=1, but bantai's compiled extension "
+                "is not built on Windows (it uses POSIX sockets)"
+            )
+        sys.stderr.write(WINDOWS_NOTE)
+        return []
     try:
         from Cython.Build import cythonize
     except ImportError:
@@ -64,8 +82,10 @@ def _extensions() -> list[Extension]:
         if all((HERE / c).exists() for c in c_files):
             return [_extension(n, c) for n, c in zip(MODULES, c_files, strict=True)]
         if REQUIRE:
-            raise RuntimeError("BANTAI_REQUIRE_EXTENSIONS=1 but neither Cython nor the "
-                               "generated C files are available") from None
+            raise RuntimeError(
+                "BANTAI_REQUIRE_EXTENSIONS=1 but neither Cython nor the "
+                "generated C files are available"
+            ) from None
         sys.stderr.write(BANNER.format(reason="no Cython and no generated C files"))
         return []
     return cythonize(
