@@ -65,8 +65,7 @@ WHEEL_PLATFORMS = {
     ("linux", "aarch64"),
     ("darwin", "x86_64"),
     ("darwin", "arm64"),
-    ("win32", "amd64"),
-}
+}  # not Windows: the extension uses POSIX sockets; the pure wheel serves it
 WHEEL_PYTHONS = ((3, 10), (3, 14))
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
 

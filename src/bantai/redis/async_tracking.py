@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select
 from typing import Any
 
 import hiredis
@@ -22,7 +21,12 @@ import hiredis
 from bantai.redis._compat import async_transport
 from bantai.redis.local_cache import LocalCache
 from bantai.redis.speedups import pack_commands
-from bantai.redis.tracking import TrackingUnavailable, apply_message, setup_commands
+from bantai.redis.tracking import (
+    TrackingUnavailable,
+    apply_message,
+    readiness,
+    setup_commands,
+)
 
 log = logging.getLogger("bantai")
 
@@ -121,9 +125,7 @@ class AsyncInvalidationStream:
             await _disconnect(conn)
             log.warning("local cache unavailable, reading from Redis: %s", exc)
             raise TrackingUnavailable(str(exc)) from exc
-        sock = transport.get_extra_info("socket")
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
+        poller = readiness(transport.get_extra_info("socket").fileno())
         self._conn, self._transport, self._protocol, self._poll = conn, transport, protocol, poller
         self.client_id = int(client_id)
         return self.client_id

@@ -73,6 +73,26 @@ def setup_commands(client_id: int | None, broadcast_prefix: bytes | None) -> lis
     return commands
 
 
+def readiness(sock: Any) -> Any:
+    """An object whose `poll(0)` is truthy when `sock` has bytes to read: a `select.poll`
+    (one syscall), or where there is none (Windows) the same through `select.select`."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return poller
+    return _SelectReadiness(sock)
+
+
+class _SelectReadiness:
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def poll(self, timeout: int) -> bool:
+        return bool(select.select((self._sock,), (), (), timeout)[0])
+
+
 def fill_prefix(client_id: int) -> list[tuple[Any, ...]]:
     """The command in front of a fill's reads (per-key tracking): tracking on, towards the
     stream's connection, for reads that opt in (each read then follows a
@@ -194,8 +214,7 @@ class InvalidationStream:
             log.warning("local cache unavailable, reading from Redis: %s", exc)
             raise TrackingUnavailable(str(exc)) from exc
         sock.setblocking(False)
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
+        poller = readiness(sock)
         self._conn, self._sock, self._reader, self._poll = conn, sock, reader, poller
         self._tls = isinstance(sock, ssl.SSLSocket)
         # Nothing to drop: when a stream breaks the cache is emptied and the epoch moves on
