@@ -293,8 +293,9 @@ def main() -> None:
             print(f"round {round_no + 1}/{rounds} done", file=sys.stderr)
         costs = rate_limit_costs(server.url, *((50, "100") if args.smoke else (1000, "100,10000")))
         observing = instrumentation_costs(server.url, *((100, 1) if args.smoke else (3000, 7)))
+        caching = local_cache_figures(server.url, 100 if args.smoke else 4000)
     medians = {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
-    report(medians, samples, about, costs, observing, smoke=args.smoke)
+    report(medians, samples, about, costs, observing, caching, smoke=args.smoke)
 
 
 def _row(label: str, values: list[str], width: int = 13) -> str:
@@ -326,12 +327,22 @@ def instrumentation_costs(url: str, count: int, rounds: int) -> dict[str, dict[s
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+def local_cache_figures(url: str, count: int) -> dict[str, float]:
+    """The local cache's hit / miss / invalidation figures (`bench_local_cache`)."""
+    argv = [sys.executable, "-m", "benchmarks.bench_local_cache", url, str(count)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"local cache figures failed:\n{out.stderr}")
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
 def report(
     medians: dict[str, dict[str, float]],
     samples: dict[str, Any],
     about: dict[str, Any],
     costs: dict[str, dict[str, float]],
     observing: dict[str, dict[str, float]],
+    caching: dict[str, float],
     *,
     smoke: bool,
 ) -> None:
@@ -367,6 +378,13 @@ def report(
             for w in ("get", "update")
         ]
         print(_row(name, cells, 20))
+    print("\nlocal cache (sync unless named; ops/s, us):")
+    for name, value in caching.items():
+        print(f"  {name:<40}{value:>14,.2f}")
+    rb_get = medians["rb"].get("GET c1 P1")
+    if rb_get:
+        hit_ratio = caching["hit get (model)"] / rb_get
+        print(f"  {'hit get / redis-benchmark GET c1':<40}{hit_ratio:>14,.1f}  [>= 20]")
     print("\nredis-benchmark on the same server:")
     for k, v in medians["rb"].items():
         print(f"  {k:<24}{v:>12,.0f}")
@@ -403,6 +421,7 @@ def report(
                 "medians": medians,
                 "rate_limit_costs": costs,
                 "instrumentation": observing,
+                "local_cache": caching,
                 "samples": samples,
                 "ratios": ratios,
                 "time": stamp,
