@@ -56,6 +56,8 @@ from bantai.ratelimit import (
 )
 from bantai.redis import (
     AsyncRedisStorage,
+    CacheStats,
+    LocalCacheOptions,
     RedisStorage,
     RedisStorageOptions,
     create_async_redis_storage,
@@ -128,6 +130,8 @@ __all__ = [
     "RedisStorage",
     "AsyncRedisStorage",
     "RedisStorageOptions",
+    "LocalCacheOptions",
+    "CacheStats",
     "create_redis_storage",
     "create_async_redis_storage",
     # rate limiting (bantai.ratelimit)
