@@ -206,9 +206,16 @@ def test_another_clients_change_is_seen_by_the_next_read(
     try:
         change(other, key_of(storage, "a"))
         time.sleep(0.005)  # EXPIRE: let the millisecond pass
-        assert storage.get("a") == expected  # the very next read: no waiting
+        # As soon as the invalidation is in (at once, unless the machine is very busy:
+        # the server may write the writer's acknowledgement just before it).
+        eventually(lambda: _old_or(storage.get("a"), {"x": 1}, expected), timeout=1.0)
     finally:
         other.close()
+
+
+def _old_or(value: object, old: object, expected: object) -> bool:
+    assert value in (old, expected), value  # never anything else
+    return value == expected
 
 
 def test_flushdb_drops_everything(make_own: tuple[Make, redis.Redis]) -> None:
@@ -495,21 +502,44 @@ def model_storages(
 def test_model_of_two_clients(
     model_storages: list[tuple[Any, redis.Redis]], operations: list[tuple[str, str, int]]
 ) -> None:
-    """Every read returns the value of the last write acknowledged before it started, by
-    this client or by the other one (each write finishes before the next step)."""
+    """Reads against a model of two clients. This client's own writes are read at once.
+    Another client's acknowledged write becomes visible as soon as its invalidation has
+    reached this process (the server may write the acknowledgement a moment before the
+    invalidation, on another socket): until then a read may still return the value this
+    client last knew, never anything else, and once the new value was read the old one
+    never comes back."""
     for storage, other in model_storages:
-        model: dict[str, int | None] = {}
-        storage.delete_many(["a", "b", "c"])
-        for operation, key, value in operations:
-            if operation == "read":
-                assert storage.get(key) == model.get(key), (operation, key)
-            elif operation == "read_many":
-                got = storage.get_many(["a", "b", "c"])
-                assert got == {k: model.get(k) for k in "abc"}
-            elif operation == "write_here":
-                storage.set(key, value)
-                model[key] = value
-            elif operation == "write_there":
+        _run_model(storage, other, operations)
+
+
+def _run_model(storage: Any, other: redis.Redis, operations: list[tuple[str, str, int]]) -> None:
+    model: dict[str, int | None] = {}
+    unseen: dict[str, int | None] = {}  # key -> its value before another client's write
+    storage.delete_many(["a", "b", "c"])
+
+    def check(key: str, value: int | None, read_again: Callable[[], int | None]) -> None:
+        deadline = time.monotonic() + 2.0
+        while value != model.get(key):
+            assert key in unseen and value == unseen[key], (key, value, model, unseen)
+            assert time.monotonic() < deadline, f"{key}: the invalidation never came"
+            time.sleep(0.001)
+            value = read_again()
+        unseen.pop(key, None)
+
+    for operation, key, value in operations:
+        if operation == "read":
+            check(key, storage.get(key), lambda k=key: storage.get(k))  # type: ignore[misc]
+        elif operation == "read_many":
+            got = storage.get_many(["a", "b", "c"])
+            for k in "abc":
+                check(k, got[k], lambda k=k: storage.get_many(["a", "b", "c"])[k])  # type: ignore[misc]
+        elif operation == "write_here":
+            storage.set(key, value)
+            model[key] = value
+            unseen.pop(key, None)  # read at once: no grace
+        else:
+            unseen.setdefault(key, model.get(key))
+            if operation == "write_there":
                 other.set(key_of(storage, key), value)
                 model[key] = value
             else:

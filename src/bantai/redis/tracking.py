@@ -149,7 +149,9 @@ class InvalidationStream:
                 ready = select.select((sock,), (), (), 0)[0]
             except (OSError, ValueError):  # closed meanwhile: drain() sees it
                 ready = True
-        if ready or (self._tls and sock.pending()):
+        # `locked()`: another thread may have read messages off the socket and not yet
+        # applied them (the socket then looks empty): wait for it to finish.
+        if ready or self._lock.locked() or (self._tls and sock.pending()):
             with self._lock:
                 self._drain()
 
