@@ -22,13 +22,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
+from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bantai.redis._compat import parse_error as _parse_error
-from bantai.redis._compat import sync_socket
-
 _READ_SIZE = 65536
+_parse_error = BaseParser.parse_error
 # hiredis' default "incomplete" marker is False, which is also a RESP3 boolean reply.
 _INCOMPLETE = object()
 
@@ -94,10 +93,10 @@ class Wire:
         payload = pack_commands(commands)
         self.sent = False
         conn = self.conn
-        sock = sync_socket(conn)
+        sock = conn._sock
         if sock is None:
             conn.connect()
-            sock = sync_socket(conn)
+            sock = conn._sock
         reader = self.reader
         replies: list[Any] = []
         remaining = len(commands)
