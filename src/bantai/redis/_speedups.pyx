@@ -12,9 +12,11 @@ import socket
 from collections import deque as _deque
 
 import hiredis
-from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# redis-py internals come from _compat, like everywhere else (tests/test_compat.py).
+from bantai.redis._compat import SOCK_ATTR, parse_error
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -44,7 +46,11 @@ cdef extern from "<sys/socket.h>" nogil:
 
 
 cdef Py_ssize_t _READ_SIZE = 65536
-cdef object _parse_error = BaseParser.parse_error
+cdef object _parse_error = parse_error
+# Wire.exchange reads `conn._sock` directly (the hot path: a getattr with SOCK_ATTR cost
+# ~20-40 ns more per exchange); it is the attribute _compat names, checked here at import.
+if SOCK_ATTR != "_sock":
+    raise ImportError(f"bantai.redis._compat.SOCK_ATTR is {SOCK_ATTR!r}: rebuild _speedups")
 # hiredis' default "incomplete" marker is False, which is also a RESP3 boolean reply.
 cdef object _INCOMPLETE = object()
 cdef object _Reader = hiredis.Reader

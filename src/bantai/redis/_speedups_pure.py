@@ -22,12 +22,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bantai.redis._compat import parse_error as _parse_error
+from bantai.redis._compat import sync_socket
+
 _READ_SIZE = 65536
-_parse_error = BaseParser.parse_error
 # hiredis' default "incomplete" marker is False, which is also a RESP3 boolean reply.
 _INCOMPLETE = object()
 
@@ -93,10 +94,10 @@ class Wire:
         payload = pack_commands(commands)
         self.sent = False
         conn = self.conn
-        sock = conn._sock
+        sock = sync_socket(conn)
         if sock is None:
             conn.connect()
-            sock = conn._sock
+            sock = sync_socket(conn)
         reader = self.reader
         replies: list[Any] = []
         remaining = len(commands)

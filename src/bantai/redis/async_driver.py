@@ -38,7 +38,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.errors import StorageClosedError, StorageError
-from bantai.redis._compat import async_transport
+from bantai.redis._compat import (
+    acquire_node_connection,
+    async_transport,
+    move_slot_async,
+    refresh_slots_async,
+    release_node_connection,
+)
 from bantai.redis.cluster_router import ClusterRouter
 from bantai.redis.round_trip import (
     ONE_SERVER,
@@ -317,9 +323,9 @@ class AsyncDriver:
                 channel.detach()
                 self._in_task(_retire_when_done(slot, channel))
         elif type(action) is SlotMoved:
-            await self._client.nodes_manager.move_slot(action.error)
+            await move_slot_async(self._client, action.error)
         elif type(action) is RefreshSlots:
-            await self._client.nodes_manager.initialize()
+            await refresh_slots_async(self._client)
         return None
 
     async def _exchange(self, slot: _Slot, commands: Sequence[Command]) -> tuple[list[Any], int]:
@@ -380,16 +386,17 @@ class AsyncDriver:
         if slot is None:
 
             async def acquire() -> Any:
-                conn = node.acquire_connection()
+                conn = acquire_node_connection(node)
                 try:
                     await conn.connect()
                 except BaseException:
-                    node.release(conn)  # or the node's pool fills up with dead connections
+                    # or the node's pool fills up with dead connections
+                    release_node_connection(node, conn)
                     raise
                 return conn
 
             async def release(conn: Any) -> None:
-                node.release(conn)
+                release_node_connection(node, conn)
 
             kwargs = getattr(node, "connection_kwargs", {})
             slot = self._slots.setdefault(node.name, _Slot(acquire, release, kwargs))

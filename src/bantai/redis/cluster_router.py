@@ -1,7 +1,7 @@
 """Routing for Redis Cluster: which node each command goes to, by the hash slot of its
-first key, from redis-py's slot map (`RedisCluster.nodes_manager`; the sync and the
-asyncio client alike). No I/O here: the round-trip policy (`round_trip`) decides when
-the map must be refreshed, the drivers refresh it.
+first key, from redis-py's slot map (`RedisCluster.nodes_manager`, reached through
+`_compat`; the sync and the asyncio client alike). No I/O here: the round-trip policy
+(`round_trip`) decides when the map must be refreshed, the drivers refresh it.
 
 The operations already group keys by slot (`ClusterKeyLayout`), so no command ever
 crosses slots; commands without a key (SCRIPT, CONFIG) go to the default node.
@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.crc import key_slot
 
+from bantai.redis._compat import node_at, slot_lookup
 from bantai.redis.round_trip import Command
 
 _KEYLESS = frozenset({b"SCRIPT", b"CONFIG", b"ASKING", b"PING"})
@@ -43,16 +44,13 @@ class ClusterRouter:
     ) -> list[tuple[Any, list[int]]]:
         """Group `indices` of `commands` by the node that owns each one's first key."""
         routes: dict[str, tuple[Any, list[int]]] = {}
-        nodes = self.client.nodes_manager
+        node_for_slot = slot_lookup(self.client)
         for index in indices:
             key = first_key(commands[index])
-            if key is None:
-                node = self.client.get_default_node()
-            else:
-                node = nodes.get_node_from_slot(key_slot(key))
+            node = self.client.get_default_node() if key is None else node_for_slot(key_slot(key))
             routes.setdefault(node.name, (node, []))[1].append(index)
         return list(routes.values())
 
     def node_at(self, host: str, port: int) -> Any:
         """The known node at host:port (an ASK target), or None."""
-        return self.client.nodes_manager.get_node(host=host, port=port)
+        return node_at(self.client, host, port)

@@ -37,7 +37,13 @@ from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bantai.errors import StorageClosedError
-from bantai.redis._compat import give_cluster_fresh_locks, give_pool_fresh_locks, sync_socket
+from bantai.redis._compat import (
+    give_cluster_fresh_locks,
+    give_pool_fresh_locks,
+    move_slot,
+    refresh_slots,
+    sync_socket,
+)
 from bantai.redis.cluster_router import ClusterRouter
 from bantai.redis.round_trip import (
     ONE_SERVER,
@@ -330,9 +336,9 @@ class SyncDriver:
         if type(action) is Reconnect:
             self._node(action.node).discard(None)  # the pool reconnects (to the new primary)
         elif type(action) is SlotMoved:
-            self._client.nodes_manager.move_slot(action.error)
+            move_slot(self._client, action.error)
         elif type(action) is RefreshSlots:
-            self._client.nodes_manager.initialize()
+            refresh_slots(self._client)
         return None
 
     def _exchange(
