@@ -65,6 +65,8 @@ python_of_venv="$work/venv/bin/python"
 "$python_of_venv" -m pip install -q --upgrade pip "setuptools>=77" wheel
 "$python_of_venv" -m pip install -q redis hiredis pydantic-core
 check() {  # expected implementation
+  # The pure-Python fallback warns (PurePythonWarning) on this platform; the compiled
+  # build must not.
   (cd "$work" && "$python_of_venv" -c "
 import bantai.redis, sys
 from bantai import create_memory_storage, rate_limit, rate_limit_schema
@@ -73,7 +75,15 @@ storage = create_memory_storage(rate_limit_schema)
 assert rate_limit.consume(storage, {'type': 'token-bucket', 'limit': 1, 'period': '1m',
                                     'key': 'k'}).allowed
 print('   IMPLEMENTATION =', bantai.redis.IMPLEMENTATION, '(works without pydantic)')
-sys.exit(bantai.redis.IMPLEMENTATION != '$1')")
+sys.exit(bantai.redis.IMPLEMENTATION != '$1')") 2>"$work/import.err" || {
+    cat "$work/import.err"; return 1; }
+  if [ "$1" = python ]; then
+    grep -q "PurePythonWarning: bantai's compiled extension is missing" "$work/import.err" || {
+      cat "$work/import.err"; echo "FAIL: the pure-Python fallback did not warn"; return 1; }
+    echo "   (and warned: PurePythonWarning)"
+  elif [ -s "$work/import.err" ]; then
+    cat "$work/import.err"; echo "FAIL: unexpected output on stderr"; return 1
+  fi
 }
 if "$python_of_venv" -c "import Cython" 2>/dev/null; then echo "FAIL: Cython leaked in"; exit 1; fi
 

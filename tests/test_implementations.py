@@ -9,6 +9,8 @@ import json
 import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -24,6 +26,7 @@ from pydantic import BaseModel
 import bantai.redis
 from bantai.codec import codec_for
 from bantai.redis import _speedups_pure as pure
+from bantai.redis import speedups
 from bantai.redis.speedups import IMPLEMENTATION
 
 try:
@@ -46,6 +49,66 @@ def test_the_expected_implementation_is_active() -> None:
     )
     assert expected == IMPLEMENTATION
     assert bantai.redis.IMPLEMENTATION == IMPLEMENTATION
+
+
+# Imports bantai with the compiled modules made unimportable (a meta path finder in front
+# of every other), recording every warning ("always": a second one would show), and prints
+# the implementation chosen and the warnings as JSON.
+_WITHOUT_COMPILED = """
+import json, sys, warnings
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("bantai.redis._speedups", "bantai.redis._single_key"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+sys.meta_path.insert(0, Blocker())
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import bantai
+    import bantai.redis
+    from bantai.redis import speedups
+    print(json.dumps({
+        "implementation": bantai.redis.IMPLEMENTATION,
+        "warnings": [[w.category.__name__, str(w.message)] for w in caught],
+    }))
+"""
+
+
+@pytest.mark.parametrize("no_extensions", ["", "1"], ids=["fallback", "BANTAI_NO_EXTENSIONS=1"])
+def test_pure_python_fallback_warns_once(no_extensions: str) -> None:
+    """A missing compiled extension where wheels carry one warns once (PurePythonWarning,
+    saying how to fix or silence it); choosing pure Python with BANTAI_NO_EXTENSIONS=1
+    does not warn. Elsewhere (Windows, PyPy, other CPUs) the fallback is silent."""
+    env = {**os.environ, "BANTAI_NO_EXTENSIONS": no_extensions}
+    run = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_COMPILED],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["implementation"] == "python"
+    ours = [message for category, message in report["warnings"] if category == "PurePythonWarning"]
+    if no_extensions or not speedups._compiled_expected():
+        assert ours == []
+    else:
+        assert len(ours) == 1, ours
+        assert "compiled extension is missing" in ours[0]
+        assert "(blocked)" in ours[0]  # the import error is named
+        assert "BANTAI_NO_EXTENSIONS=1" in ours[0]
+
+
+def test_where_the_compiled_extension_is_expected() -> None:
+    """The platforms the binary wheels cover (pyproject.toml [tool.cibuildwheel])."""
+    expected = speedups._compiled_expected
+    assert expected("cpython", "linux", "x86_64")
+    assert expected("cpython", "linux", "aarch64")
+    assert expected("cpython", "darwin", "arm64")
+    assert expected("cpython", "darwin", "x86_64")
+    assert not expected("cpython", "win32", "AMD64")  # the pure wheel serves Windows
+    assert not expected("pypy", "linux", "x86_64")
+    assert not expected("cpython", "linux", "ppc64le")
+    assert not expected("cpython", "linux", "i686")
+    assert issubclass(bantai.PurePythonWarning, RuntimeWarning)
 
 
 args = st.one_of(

@@ -36,6 +36,7 @@ from bantai.errors import (
     LockError,
     LockLostError,
     LockTimeoutError,
+    PurePythonWarning,
     StorageClosedError,
     StorageError,
     StoredValueError,
@@ -101,6 +102,7 @@ __all__ = [
     "LockLostError",
     "WriteOutcomeUnknownError",
     "UpdateOutcomeUnknownError",
+    "PurePythonWarning",
     # core: contexts, rules, policies (bantai.core)
     "Context",
     "define_context",

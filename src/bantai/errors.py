@@ -1,4 +1,5 @@
-"""The exception hierarchy. Every error bantai raises on purpose is one of these.
+"""The exception hierarchy. Every error bantai raises on purpose is one of these (and the
+one warning category bantai emits, `PurePythonWarning`).
 
 Bad input (keys, TTLs, values, options) raises a subclass of both `BantaiError` and
 `ValueError`, before anything is sent to a server. Storage failures raise `StorageError`
@@ -112,6 +113,14 @@ class UpdateOutcomeUnknownError(WriteOutcomeUnknownError):
     lost. The updater was not re-run and the commit was not resent."""
 
 
+class PurePythonWarning(RuntimeWarning):
+    """`bantai.redis` runs its pure-Python implementation on a platform that normally gets
+    the compiled extension (CPython on Linux or macOS, x86_64 or arm64): the extension is
+    missing or does not load. Everything works, only slower. Emitted once, at import.
+    Reinstall from a binary wheel or with a C compiler to fix it, or set
+    `BANTAI_NO_EXTENSIONS=1` to choose the pure-Python implementation (no warning)."""
+
+
 __all__ = [
     "BantaiError",
     "InvalidInputError",
@@ -124,6 +133,7 @@ __all__ = [
     "LockError",
     "LockLostError",
     "LockTimeoutError",
+    "PurePythonWarning",
     "StorageError",
     "StoredValueError",
     "UnsupportedOperationError",
