@@ -3,7 +3,8 @@
 #   1. the sdist ships the generated C and installs WITHOUT Cython -> compiled extension;
 #   2. the sdist installs with NO working compiler -> loud banner, pure Python, still works;
 #   3. with BANTAI_REQUIRE_EXTENSIONS=1 the compiler failure is an error instead;
-#   4. `python -m build --wheel` gives a wheel that imports the extension;
+#   4. `python -m build --wheel` gives a wheel that imports the extension, and the demo
+#      runs from it without pydantic;
 #   5. the sdist runs its own Redis-free tests (from the unpacked sdist, against the
 #      package installed from it).
 # Before those: what the sdist and the wheel contain (LICENSE, CHANGELOG, tests; no C or
@@ -108,6 +109,17 @@ fi
 echo "4. the wheel imports the compiled extension"
 "$python_of_venv" -m pip install -q --no-deps "$wheel"
 check cython
+
+echo "   python -m bantai.demo from the wheel, without pydantic"
+if "$python_of_venv" -c "import pydantic" 2>/dev/null; then echo "FAIL: pydantic leaked in"; exit 1; fi
+(cd "$work" && "$python_of_venv" -m bantai.demo) >"$work/demo.log" 2>&1 || {
+  cat "$work/demo.log"; echo "FAIL: the demo failed without pydantic"; exit 1; }
+for expected in "count = 400 (expected 400)" "count = 50 (expected 50)" \
+                "user 1, attempt 4: deny" "done."; do
+  grep -qF "$expected" "$work/demo.log" || {
+    cat "$work/demo.log"; echo "FAIL: the demo did not print '$expected'"; exit 1; }
+done
+echo "   $(head -n 1 "$work/demo.log" | sed 's/NOTICE: //') ... done."
 "$python_of_venv" -m pip uninstall -q -y bantai
 
 echo "5. the sdist runs its own tests (tests/test_implementations.py: no Redis server needed)"
