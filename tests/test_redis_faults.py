@@ -52,13 +52,16 @@ def test_killed_holder_lock_expires_within_ttl(
     os.kill(child.pid, signal.SIGKILL)
     child.join()
     raw.pexpire("kill:c:lock", lock_ttl)  # shorten the dead holder's lease for the test
+    # Wait a little longer than the lease: a last attempt in the very millisecond the
+    # lease ends may still find it (Redis expires a key once its time has *passed*).
+    wait_ms = lock_ttl + 5 * retry
     storage = create_redis_storage(
         {"url": redis_server.url},
         Counter,
         {
             "prefix": "kill:",
-            "lock_timeout_ms": lock_ttl,
-            "lock_ttl_ms": lock_ttl,
+            "lock_timeout_ms": wait_ms,
+            "lock_ttl_ms": wait_ms,
             "lock_retry_ms": retry,
         },
     )
