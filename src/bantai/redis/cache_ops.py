@@ -1,17 +1,16 @@
 """The local cache's reads, written once without I/O for the blocking and the asyncio
 cached adapters (`cached.py`): look keys up, and the fill — a read with client tracking
-on — as an operation the drivers run."""
+on — as a request (one round trip) and the reading of its replies."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from bantai.redis import operations as ops
-from bantai.redis.local_cache import LocalCache
+from bantai.redis.local_cache import Fill, LocalCache
 from bantai.redis.round_trip import RoundTrip
 from bantai.redis.tracking import fill_prefix
-from bantai.steps import Operation
 from bantai.storage.inputs import Key, check_keys, encode_key
 from bantai.storage.protocol import K
 
@@ -49,42 +48,98 @@ def look_up_many(
     return key_list, found, missing
 
 
-def fill(
-    setup: ops.Setup[T],
-    cache: LocalCache,
-    wanted: Mapping[K, bytes],
-    client_id: int,
-    broadcast: bool,
-) -> Operation[tuple[dict[K, T | None], bool]]:
-    """Read `wanted` (key -> Redis key) with tracking on, one round trip, and cache what
-    may be cached. Returns (the values, whether the server still knows the invalidation
-    connection — False: the stream must be started over)."""
+class Filling(Generic[K]):
+    """A fill in flight: its round trip, and what reading the replies needs."""
+
+    __slots__ = ("fills", "head", "step", "wanted")
+
+    def __init__(self, step: RoundTrip, wanted: Mapping[K, bytes], fills: list[Fill], head: int):
+        self.step = step
+        self.wanted = wanted
+        self.fills = fills
+        self.head = head
+
+
+def fill_request(
+    cache: LocalCache, wanted: Mapping[K, bytes], client_id: int, broadcast: bool
+) -> Filling[K]:
+    """Start reading `wanted` (key -> Redis key) with tracking on, in one round trip:
+    the fills are registered (before anything is sent). Hand the replies to `fill_reply`,
+    and call `fill_abandon` if the round trip fails."""
     commands: list[tuple[Any, ...]] = [] if broadcast else fill_prefix(client_id)
     head = len(commands)
-    step = 2 if broadcast else 3
     for redis_key in wanted.values():
         if not broadcast:
             commands.append(_CACHING_YES)  # OPTIN: tracks the very next command only
         commands.append((b"GET", redis_key))
         commands.append((b"PTTL", redis_key))
     fills = [cache.begin_fill(redis_key) for redis_key in wanted.values()]
+    return Filling(RoundTrip(commands), wanted, fills, head)
+
+
+def fill_reply(
+    setup: ops.Setup[T], cache: LocalCache, filling: Filling[K], replies: Sequence[Any]
+) -> tuple[dict[K, T | None], bool]:
+    """The values read, cached where they may be. Returns (the values, whether the server
+    still knows the invalidation connection — False: the stream must be started over)."""
+    head = filling.head
+    step = 3 if head else 2  # (CACHING YES,) GET, PTTL per key
     try:
-        replies = yield RoundTrip(commands)
         tracked = not any(isinstance(reply, Exception) for reply in replies[:head])
         values: dict[K, T | None] = {}
-        for index, (key, one) in enumerate(zip(wanted, fills, strict=True)):
+        for index, (key, one) in enumerate(zip(filling.wanted, filling.fills, strict=True)):
             at = head + index * step + step - 2  # the GET's reply
             value = ops.get_reply(setup, key, replies[at])
             values[key] = value
             pttl = replies[at + 1]
-            opted_in = broadcast or not isinstance(replies[at - 1], Exception)
+            opted_in = not head or not isinstance(replies[at - 1], Exception)
             if tracked and opted_in and isinstance(pttl, int):
                 cache.end_fill(one, replies[at], value, pttl)
-        known = tracked or "redirect" not in str(replies[0])
-        return values, known
+        return values, tracked or "redirect" not in str(replies[0])
     finally:
-        for one in fills:
-            cache.abandon_fill(one)  # a no-op for those that ended
+        fill_abandon(cache, filling)
+
+
+def fill_one_request(
+    cache: LocalCache, redis_key: bytes, client_id: int, broadcast: bool
+) -> tuple[RoundTrip, Fill]:
+    """`fill_request` for one key (the common miss, kept lean)."""
+    if broadcast:
+        commands: tuple[tuple[Any, ...], ...] = ((b"GET", redis_key), (b"PTTL", redis_key))
+    else:
+        commands = (
+            (b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", client_id, b"OPTIN"),
+            _CACHING_YES,
+            (b"GET", redis_key),
+            (b"PTTL", redis_key),
+        )
+    return RoundTrip(commands), cache.begin_fill(redis_key)
+
+
+def fill_one_reply(
+    setup: ops.Setup[T], cache: LocalCache, key: Key, fill: Fill, replies: Sequence[Any]
+) -> tuple[T | None, bool]:
+    """`fill_reply` for one key."""
+    try:
+        raw, pttl = replies[-2], replies[-1]
+        value = ops.get_reply(setup, key, raw)
+        if len(replies) == 2:  # broadcast: nothing in front
+            tracked = True
+        else:
+            tracked = not isinstance(replies[0], Exception) and not isinstance(
+                replies[1], Exception
+            )
+        if tracked and isinstance(pttl, int):
+            cache.end_fill(fill, raw, value, pttl)
+        return value, tracked or "redirect" not in str(replies[0])
+    finally:
+        cache.abandon_fill(fill)
+
+
+def fill_abandon(cache: LocalCache, filling: Filling[K]) -> None:
+    """Forget the fills that did not end (the round trip failed, or a reply did)."""
+    for one in filling.fills:
+        cache.abandon_fill(one)  # a no-op for those that ended
 
 
 def redis_keys(setup: ops.Setup[T], keys: Iterable[Key]) -> list[bytes]:
@@ -108,4 +163,16 @@ def written_keys(items: Any) -> tuple[Any, list[Any]]:
     return pairs, [pair[0] for pair in pairs if isinstance(pair, tuple) and pair]
 
 
-__all__ = ["MISSING", "cached_value", "fill", "look_up_many", "redis_keys", "written_keys"]
+__all__ = [
+    "MISSING",
+    "Filling",
+    "cached_value",
+    "fill_abandon",
+    "fill_one_reply",
+    "fill_one_request",
+    "fill_reply",
+    "fill_request",
+    "look_up_many",
+    "redis_keys",
+    "written_keys",
+]

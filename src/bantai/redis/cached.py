@@ -121,7 +121,25 @@ class _CachedRedisStorage(RedisStorage[T]):
         value = cache_ops.cached_value(setup, self._cache, key, redis_key)
         if value is not cache_ops.MISSING:
             return value  # type: ignore[no-any-return]
-        return self._fill({key: redis_key})[key]
+        return self._fill_one(key, redis_key)
+
+    def _fill_one(self, key: Key, redis_key: bytes) -> T | None:
+        try:
+            client_id = self._stream.ensure()
+        except TrackingUnavailable:
+            return super().get(key)
+        cache = self._cache
+        step, fill = cache_ops.fill_one_request(cache, redis_key, client_id, self._broadcast)
+        try:
+            replies = self._driver.round_trip(step)
+        except BaseException:
+            cache.abandon_fill(fill)
+            raise
+        outcome = cache_ops.fill_one_reply(self._setup, cache, key, fill, replies)
+        value, known = outcome
+        if not known:
+            self._stream.reset("the server no longer knows the invalidation connection")
+        return value
 
     def get_many(self, keys: Iterable[K], *, use_cache: bool = True) -> dict[K, T | None]:
         """Values of several keys: the cached ones from here, the rest in one round trip."""
@@ -138,8 +156,13 @@ class _CachedRedisStorage(RedisStorage[T]):
             client_id = self._stream.ensure()
         except TrackingUnavailable:
             return super().get_many(list(wanted))
-        op = cache_ops.fill(self._setup, self._cache, wanted, client_id, self._broadcast)
-        values, known = self._driver.run(op)
+        filling = cache_ops.fill_request(self._cache, wanted, client_id, self._broadcast)
+        try:
+            replies = self._driver.round_trip(filling.step)
+        except BaseException:
+            cache_ops.fill_abandon(self._cache, filling)
+            raise
+        values, known = cache_ops.fill_reply(self._setup, self._cache, filling, replies)
         if not known:
             self._stream.reset("the server no longer knows the invalidation connection")
         return values
@@ -174,7 +197,22 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
             value = cache_ops.cached_value(setup, self._cache, key, redis_key)
             if value is not cache_ops.MISSING:
                 return value  # type: ignore[no-any-return]
-        return (await self._fill({key: redis_key}))[key]
+        try:
+            client_id = await self._stream.ensure()
+        except TrackingUnavailable:
+            return await super().get(key)
+        cache = self._cache
+        step, fill = cache_ops.fill_one_request(cache, redis_key, client_id, self._broadcast)
+        try:
+            replies = await self._driver.round_trip(step)
+        except BaseException:
+            cache.abandon_fill(fill)
+            raise
+        outcome = cache_ops.fill_one_reply(self._setup, cache, key, fill, replies)
+        value, known = outcome
+        if not known:
+            self._stream.reset("the server no longer knows the invalidation connection")
+        return value
 
     async def get_many(self, keys: Iterable[K], *, use_cache: bool = True) -> dict[K, T | None]:
         """See the blocking adapter's `get_many`."""
@@ -191,8 +229,13 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
             client_id = await self._stream.ensure()
         except TrackingUnavailable:
             return await super().get_many(list(wanted))
-        op = cache_ops.fill(self._setup, self._cache, wanted, client_id, self._broadcast)
-        values, known = await self._driver.run(op)
+        filling = cache_ops.fill_request(self._cache, wanted, client_id, self._broadcast)
+        try:
+            replies = await self._driver.round_trip(filling.step)
+        except BaseException:
+            cache_ops.fill_abandon(self._cache, filling)
+            raise
+        values, known = cache_ops.fill_reply(self._setup, self._cache, filling, replies)
         if not known:
             self._stream.reset("the server no longer knows the invalidation connection")
         return values

@@ -67,13 +67,14 @@ class Entry:
 class Fill:
     """A read in flight whose value may be inserted (see the module docstring)."""
 
-    __slots__ = ("epoch", "key", "poisoned", "started")
+    __slots__ = ("ended", "epoch", "key", "poisoned", "started")
 
     def __init__(self, key: bytes, epoch: int, started: float) -> None:
         self.key = key
         self.epoch = epoch
         self.started = started
         self.poisoned = False
+        self.ended = False
 
 
 class LocalCache:
@@ -130,7 +131,11 @@ class LocalCache:
         """Register a read of `key` that is about to be sent with tracking on."""
         fill = Fill(key, self.epoch, time.monotonic())
         with self.lock:
-            self._fills.setdefault(key, []).append(fill)
+            fills = self._fills.get(key)
+            if fills is None:
+                self._fills[key] = [fill]
+            else:
+                fills.append(fill)
         return fill
 
     def end_fill(self, fill: Fill, raw: bytes | None, value: Any, pttl_ms: int | None) -> bool:
@@ -138,6 +143,7 @@ class LocalCache:
         key's PTTL read in the same round trip (None or negative: no TTL). True when the
         entry went in."""
         with self.lock:
+            fill.ended = True
             self._forget(fill)
             # Reads of one key that overlap cannot be ordered from here (their replies
             # may arrive in any order): the first to complete decides, the others in
@@ -169,17 +175,23 @@ class LocalCache:
             return True
 
     def abandon_fill(self, fill: Fill) -> None:
-        """The read failed: forget the fill."""
+        """The read failed: forget the fill (nothing to do once it ended)."""
+        if fill.ended:
+            return
         with self.lock:
+            fill.ended = True
             self._forget(fill)
 
     def _forget(self, fill: Fill) -> None:
         fills = self._fills.get(fill.key)
-        if fills is not None:
-            with contextlib.suppress(ValueError):
-                fills.remove(fill)
-            if not fills:
+        if fills is None:
+            return
+        if len(fills) == 1:  # the common case: no other read of the key in flight
+            if fills[0] is fill:
                 del self._fills[fill.key]
+            return
+        with contextlib.suppress(ValueError):
+            fills.remove(fill)
 
     # --- invalidation ---------------------------------------------------------------------
 
