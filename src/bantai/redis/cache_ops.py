@@ -4,8 +4,10 @@ on — as a request (one round trip) and the reading of its replies."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
+
+from redis.exceptions import AskError
 
 from bantai.redis import operations as ops
 from bantai.redis.local_cache import Fill, LocalCache
@@ -51,51 +53,96 @@ def look_up_many(
 class Filling(Generic[K]):
     """A fill in flight: its round trip, and what reading the replies needs."""
 
-    __slots__ = ("fills", "head", "step", "wanted")
+    __slots__ = ("fills", "head", "nodes", "step", "stride", "wanted")
 
-    def __init__(self, step: RoundTrip, wanted: Mapping[K, bytes], fills: list[Fill], head: int):
+    def __init__(
+        self,
+        step: RoundTrip,
+        wanted: Mapping[K, bytes],
+        fills: list[Fill],
+        head: int,
+        stride: int,
+        nodes: Sequence[str] | None,
+    ) -> None:
         self.step = step
         self.wanted = wanted
         self.fills = fills
-        self.head = head
+        self.head = head  # commands in front of all the reads
+        self.stride = stride  # commands per key: (TRACKING,) (CACHING YES,) GET, PTTL
+        self.nodes = nodes  # cluster: the name of the node each key was read from
 
 
 def fill_request(
-    cache: LocalCache, wanted: Mapping[K, bytes], client_id: int, broadcast: bool
+    cache: LocalCache,
+    wanted: Mapping[K, bytes],
+    tracking: int | Sequence[int] | None,
+    nodes: Sequence[str] | None = None,
 ) -> Filling[K]:
     """Start reading `wanted` (key -> Redis key) with tracking on, in one round trip:
-    the fills are registered (before anything is sent). Hand the replies to `fill_reply`,
-    and call `fill_abandon` if the round trip fails."""
-    commands: list[tuple[Any, ...]] = [] if broadcast else fill_prefix(client_id)
+    the fills are registered (before anything is sent). `tracking` is the invalidation
+    stream's client id (one server), one per key (a cluster: each key's node has its own
+    stream, given in `nodes`), or None (broadcast: the streams track the prefix). Hand the
+    replies to `fill_reply`, and call `fill_abandon` if the round trip fails."""
+    commands: list[tuple[Any, ...]] = []
+    per_key = not isinstance(tracking, int) and tracking is not None
+    if isinstance(tracking, int):
+        commands.extend(fill_prefix(tracking))
     head = len(commands)
-    for redis_key in wanted.values():
-        if not broadcast:
+    for index, redis_key in enumerate(wanted.values()):
+        if per_key:
+            commands.extend(fill_prefix(tracking[index]))  # type: ignore[index]
+        if tracking is not None:
             commands.append(_CACHING_YES)  # OPTIN: tracks the very next command only
         commands.append((b"GET", redis_key))
         commands.append((b"PTTL", redis_key))
+    stride = 2 + (tracking is not None) + per_key
     fills = [cache.begin_fill(redis_key) for redis_key in wanted.values()]
-    return Filling(RoundTrip(commands), wanted, fills, head)
+    # On a cluster a redirected read must not be followed: it would run on another node,
+    # without the tracking set up in front of it. It is read again, uncached.
+    step = RoundTrip(commands, redirects=nodes is None)
+    return Filling(step, wanted, fills, head, stride, nodes)
 
 
 def fill_reply(
-    setup: ops.Setup[T], cache: LocalCache, filling: Filling[K], replies: Sequence[Any]
-) -> tuple[dict[K, T | None], bool]:
-    """The values read, cached where they may be. Returns (the values, whether the server
-    still knows the invalidation connection — False: the stream must be started over)."""
-    head = filling.head
-    step = 3 if head else 2  # (CACHING YES,) GET, PTTL per key
+    setup: ops.Setup[T],
+    cache: LocalCache,
+    filling: Filling[K],
+    replies: Sequence[Any],
+    node_of: Callable[[bytes], str] | None = None,
+) -> tuple[dict[K, T | None], bool, list[K]]:
+    """The values read, cached where they may be. Returns (the values, whether the
+    servers still know the invalidation connections — False: start the streams over,
+    the keys whose read was redirected: read them again, uncached)."""
+    head, stride, nodes = filling.head, filling.stride, filling.nodes
     try:
-        tracked = not any(isinstance(reply, Exception) for reply in replies[:head])
+        known = True
+        tracked_all = True
+        for reply in replies[:head]:
+            if isinstance(reply, Exception):
+                tracked_all = False
+                known = known and "redirect" not in str(reply)
         values: dict[K, T | None] = {}
+        redirected: list[K] = []
         for index, (key, one) in enumerate(zip(filling.wanted, filling.fills, strict=True)):
-            at = head + index * step + step - 2  # the GET's reply
-            value = ops.get_reply(setup, key, replies[at])
+            base = head + index * stride
+            raw, pttl = replies[base + stride - 2], replies[base + stride - 1]
+            if isinstance(raw, AskError) or isinstance(pttl, AskError):  # MOVED is one too
+                redirected.append(key)
+                continue
+            value = ops.get_reply(setup, key, raw)
             values[key] = value
-            pttl = replies[at + 1]
-            opted_in = not head or not isinstance(replies[at - 1], Exception)
-            if tracked and opted_in and isinstance(pttl, int):
-                cache.end_fill(one, replies[at], value, pttl)
-        return values, tracked or "redirect" not in str(replies[0])
+            tracked = tracked_all
+            for reply in replies[base : base + stride - 2]:
+                if isinstance(reply, Exception):
+                    tracked = False
+                    known = known and "redirect" not in str(reply)
+            if nodes is not None and node_of is not None:
+                # The slot stayed put: the tracking and the read went to the node whose
+                # stream was named (a move in between would have sent them elsewhere).
+                tracked = tracked and node_of(one.key) == nodes[index]
+            if tracked and isinstance(pttl, int):
+                cache.end_fill(one, raw, value, pttl)
+        return values, known, redirected
     finally:
         fill_abandon(cache, filling)
 

@@ -13,12 +13,16 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
 from bantai.redis import cache_ops
+from bantai.redis._compat import slot_lookup
 from bantai.redis.async_storage import AsyncRedisStorage
 from bantai.redis.async_tracking import AsyncInvalidationStream
 from bantai.redis.local_cache import CacheStats, LocalCache
 from bantai.redis.storage import RedisStorage
-from bantai.redis.tracking import InvalidationStream, TrackingUnavailable
+from bantai.redis.tracking import ClusterStreams, InvalidationStream, TrackingUnavailable
 from bantai.storage.inputs import Key, encode_key
 from bantai.storage.options import RedisStorageOptions
 from bantai.storage.protocol import K
@@ -101,13 +105,18 @@ def _cache_of(options: RedisStorageOptions) -> tuple[LocalCache, bytes | None]:
 
 
 class _CachedRedisStorage(RedisStorage[T]):
-    __slots__ = ("_broadcast", "_cache", "_stream")
+    __slots__ = ("_broadcast", "_cache", "_cluster", "_stream")
 
     def __init__(self, client: Any, schema: object, options: Any, **kwargs: Any) -> None:
         super().__init__(client, schema, options, **kwargs)
         self._cache, prefix = _cache_of(self.options)
         self._broadcast = prefix is not None
-        self._stream = InvalidationStream(client.connection_pool, self._cache, prefix)
+        self._stream: Any
+        self._cluster: ClusterStreams | None = None
+        if isinstance(client, RedisCluster):
+            self._cluster = self._stream = ClusterStreams(client, self._cache, prefix)
+        else:
+            self._stream = InvalidationStream(client.connection_pool, self._cache, prefix)
 
     def get(self, key: Key, *, use_cache: bool = True) -> T | None:
         """The value under `key`: from the local cache while Redis has not announced a
@@ -124,6 +133,8 @@ class _CachedRedisStorage(RedisStorage[T]):
         return self._fill_one(key, redis_key)
 
     def _fill_one(self, key: Key, redis_key: bytes) -> T | None:
+        if self._cluster is not None:
+            return self._fill({key: redis_key})[key]
         try:
             client_id = self._stream.ensure()
         except TrackingUnavailable:
@@ -152,20 +163,38 @@ class _CachedRedisStorage(RedisStorage[T]):
         return {key: found[key] for key in key_list}
 
     def _fill(self, wanted: dict[K, bytes]) -> dict[K, T | None]:
+        cluster = self._cluster
+        nodes: list[str] | None = None
         try:
-            client_id = self._stream.ensure()
+            if cluster is None:
+                tracking: Any = self._stream.ensure()
+            else:
+                lookup = slot_lookup(self._client)
+                owners = [lookup(key_slot(redis_key)) for redis_key in wanted.values()]
+                tracking = [cluster.for_node(node).ensure() for node in owners]
+                nodes = [node.name for node in owners]
         except TrackingUnavailable:
             return super().get_many(list(wanted))
-        filling = cache_ops.fill_request(self._cache, wanted, client_id, self._broadcast)
+        if self._broadcast:
+            tracking = None
+        filling = cache_ops.fill_request(self._cache, wanted, tracking, nodes)
         try:
             replies = self._driver.round_trip(filling.step)
         except BaseException:
             cache_ops.fill_abandon(self._cache, filling)
             raise
-        values, known = cache_ops.fill_reply(self._setup, self._cache, filling, replies)
+        node_of = None if cluster is None else self._node_name_of
+        values, known, redirected = cache_ops.fill_reply(
+            self._setup, self._cache, filling, replies, node_of
+        )
         if not known:
             self._stream.reset("the server no longer knows the invalidation connection")
+        if redirected:  # the slot moved meanwhile: read those where they are now, uncached
+            values.update(super().get_many(redirected))
         return values
+
+    def _node_name_of(self, redis_key: bytes) -> str:
+        return str(slot_lookup(self._client)(key_slot(redis_key)).name)
 
     def local_cache_stats(self) -> CacheStats | None:
         """Hits, misses, invalidations, evictions, flushes and entries of the local cache."""
@@ -229,13 +258,14 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
             client_id = await self._stream.ensure()
         except TrackingUnavailable:
             return await super().get_many(list(wanted))
-        filling = cache_ops.fill_request(self._cache, wanted, client_id, self._broadcast)
+        tracking = None if self._broadcast else client_id
+        filling = cache_ops.fill_request(self._cache, wanted, tracking)
         try:
             replies = await self._driver.round_trip(filling.step)
         except BaseException:
             cache_ops.fill_abandon(self._cache, filling)
             raise
-        values, known = cache_ops.fill_reply(self._setup, self._cache, filling, replies)
+        values, known, _ = cache_ops.fill_reply(self._setup, self._cache, filling, replies)
         if not known:
             self._stream.reset("the server no longer knows the invalidation connection")
         return values

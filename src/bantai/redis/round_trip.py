@@ -78,6 +78,10 @@ class RoundTrip:
     # asyncio driver queues it on a connection that is still open, the sync driver skips it
     # (the server did not answer in time); the lock's TTL is the backstop either way.
     background: bool = False
+    # False: a MOVED / ASK reply is the answer (the slot map is still updated) instead of
+    # being followed. For reads whose commands must run together on one connection (a
+    # local-cache fill: tracking set up, then the read it tracks).
+    redirects: bool = True
 
 
 class ReplyLost(Exception):
@@ -254,11 +258,16 @@ def round_trip(step: RoundTrip, router: Router) -> Generator[Action, Any, list[A
                     asking.pop(index, None)
                     event(REDIRECT, kind="moved", slot=reply.slot_id, to=reply.node_addr)
                     yield SlotMoved(reply)
+                    if not step.redirects:
+                        continue  # the answer, as asked
+
                     # A second MOVED in one round trip: the nodes disagree while a slot's
                     # new owner is being announced (a migration just ended); wait a moment.
                     pause = pause or attempt > 0
                 elif isinstance(reply, AskError):
                     event(REDIRECT, kind="ask", slot=reply.slot_id, to=reply.node_addr)
+                    if not step.redirects:
+                        continue
                     target = router.node_at(reply.host, reply.port)
                     if target is None:
                         asking.pop(index, None)

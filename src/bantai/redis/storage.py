@@ -201,8 +201,6 @@ def create_redis_storage(
     storage_options = RedisStorageOptions.coerce(options)  # check before opening anything
     facade: type[RedisStorage[Any]] = RedisStorage
     if storage_options.cache is not None:
-        if isinstance(client, RedisCluster):
-            raise InvalidOptionError(NO_CLUSTER_CACHE)
         from bantai.redis.cached import CachedRedisStorage  # a subclass of this module's facade
 
         facade = CachedRedisStorage
@@ -212,9 +210,7 @@ def create_redis_storage(
     return build(facade, storage_options, client, schema, owns_client=True)
 
 
-NO_CLUSTER_CACHE = (
-    "local_cache is not supported on Redis Cluster yet (single server and Sentinel only)"
-)
+NO_CLUSTER_CACHE = "local_cache is not supported on the asyncio Redis Cluster client yet"
 
 
 def connection_source(

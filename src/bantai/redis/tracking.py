@@ -261,8 +261,52 @@ class InvalidationStream:
             self._cache.invalidate_all()
 
 
+class ClusterStreams:
+    """One blocking stream per cluster node, created as fills reach the node. A lookup
+    catches up with all of them: an entry read from a node is invalidated by that node's
+    stream, also after its slot moved (the move deletes the key there, which is announced).
+    Any stream breaking drops the whole cache."""
+
+    __slots__ = ("_broadcast_prefix", "_cache", "_client", "_lock", "streams")
+
+    def __init__(self, client: Any, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
+        self._client = client
+        self._cache = cache
+        self._broadcast_prefix = broadcast_prefix
+        self._lock = threading.Lock()
+        self.streams: dict[str, InvalidationStream] = {}
+
+    def catch_up(self) -> None:
+        """Apply what every node's stream has received."""
+        for stream in list(self.streams.values()):
+            stream.catch_up()
+
+    def for_node(self, node: Any) -> InvalidationStream:
+        """The stream of `node` (a `ClusterNode`), created on first use."""
+        stream = self.streams.get(node.name)
+        if stream is None:
+            with self._lock:
+                stream = self.streams.get(node.name)
+                if stream is None:
+                    pool = self._client.get_redis_connection(node).connection_pool
+                    stream = InvalidationStream(pool, self._cache, self._broadcast_prefix)
+                    self.streams[node.name] = stream
+        return stream
+
+    def reset(self, why: str) -> None:
+        """Start every stream over (which one the server lost is not known)."""
+        for stream in list(self.streams.values()):
+            stream.reset(why)
+
+    def close(self) -> None:
+        """Close every stream."""
+        for stream in list(self.streams.values()):
+            stream.close()
+
+
 __all__ = [
     "CHANNEL",
+    "ClusterStreams",
     "InvalidationStream",
     "TrackingUnavailable",
     "apply_message",
