@@ -414,13 +414,6 @@ def test_concurrent_readers_and_a_writer_never_go_back(make: Make) -> None:
 # --- what is refused, and what degrades --------------------------------------------------------
 
 
-def test_asyncio_cluster_is_refused_clearly(redis_cluster: LocalRedisCluster) -> None:
-    host, port = redis_cluster.startup_nodes[0]
-    client = redis.asyncio.cluster.RedisCluster(host=host, port=port)
-    with pytest.raises(InvalidOptionError, match="asyncio Redis Cluster"):
-        create_async_redis_storage({"client": client}, int, {"local_cache": True})
-
-
 # --- Redis Cluster: a stream per node, slots that move -------------------------------------------
 
 
@@ -431,14 +424,33 @@ def own_cluster() -> Iterator[LocalRedisCluster]:
         yield local
 
 
-def _cluster_storage(local: LocalRedisCluster, **cache: Any) -> tuple[Any, RedisCluster]:
-    host, port = local.startup_nodes[0]
-    storage = create_redis_storage(
-        {"client": RedisCluster(host=host, port=port)},
-        int,
-        {"prefix": unique_prefix(), "local_cache": cache or True},
-    )
-    return storage, RedisCluster(host=host, port=port)
+@pytest.fixture(params=["sync", "async"])
+def cluster_storage(
+    request: pytest.FixtureRequest, own_cluster: LocalRedisCluster, loop_thread: LoopThread
+) -> Iterator[Callable[..., tuple[Any, RedisCluster]]]:
+    """A cached storage on the module's cluster (blocking, or asyncio behind the blocking
+    API), and a plain cluster client for the other side."""
+    created: list[Any] = []
+    host, port = own_cluster.startup_nodes[0]
+
+    def make(**cache: Any) -> tuple[Any, RedisCluster]:
+        options = {"prefix": unique_prefix(), "local_cache": cache or True}
+        if request.param == "async":
+            client: Any = redis.asyncio.cluster.RedisCluster(host=host, port=port)
+            storage: Any = BlockingShim(
+                create_async_redis_storage({"client": client}, int, options), loop_thread
+            )
+        else:
+            storage = create_redis_storage(
+                {"client": RedisCluster(host=host, port=port)}, int, options
+            )
+        other = RedisCluster(host=host, port=port)
+        created.extend((storage, other))
+        return storage, other
+
+    yield make
+    for thing in created:
+        thing.close()
 
 
 def _one_key_per_master(local: LocalRedisCluster, stem: str) -> list[str]:
@@ -454,56 +466,50 @@ def _one_key_per_master(local: LocalRedisCluster, stem: str) -> list[str]:
 
 
 @pytest.mark.parametrize("broadcast", [False, True])
-def test_cluster_keys_on_three_masters(own_cluster: LocalRedisCluster, broadcast: bool) -> None:
-    storage, other = _cluster_storage(own_cluster, broadcast=broadcast)
-    try:
-        keys = _one_key_per_master(own_cluster, "k")
-        storage.set_many({k: i for i, k in enumerate(keys)})
-        assert storage.get_many(keys) == {k: i for i, k in enumerate(keys)}  # fills
-        for i, k in enumerate(keys):
-            assert storage.get(k) == i  # hits
-        assert storage.local_cache_stats().hits == 3
-        assert len(storage._stream.streams) == 3  # one invalidation stream per master
-        for i, k in enumerate(keys):  # another client changes each key on its own master
-            other.set(storage._setup.layout.value_key(k.encode()), 100 + i)
-        for i, k in enumerate(keys):
-            eventually(lambda k=k, i=i: _old_or(storage.get(k), i, 100 + i), timeout=1.0)
-        assert storage.get_many(keys) == {k: 100 + i for i, k in enumerate(keys)}
-    finally:
-        storage.close()
-        other.close()
+def test_cluster_keys_on_three_masters(
+    own_cluster: LocalRedisCluster, cluster_storage: Any, broadcast: bool
+) -> None:
+    storage, other = cluster_storage(broadcast=broadcast)
+    keys = _one_key_per_master(own_cluster, "k")
+    storage.set_many({k: i for i, k in enumerate(keys)})
+    assert storage.get_many(keys) == {k: i for i, k in enumerate(keys)}  # fills
+    for i, k in enumerate(keys):
+        assert storage.get(k) == i  # hits
+    assert storage.local_cache_stats().hits == 3
+    assert len(storage._stream.streams) == 3  # one invalidation stream per master
+    for i, k in enumerate(keys):  # another client changes each key on its own master
+        other.set(storage._setup.layout.value_key(k.encode()), 100 + i)
+    for i, k in enumerate(keys):
+        eventually(lambda k=k, i=i: _old_or(storage.get(k), i, 100 + i), timeout=1.0)
+    assert storage.get_many(keys) == {k: 100 + i for i, k in enumerate(keys)}
 
 
-def test_cluster_slot_migration(own_cluster: LocalRedisCluster) -> None:
+def test_cluster_slot_migration(own_cluster: LocalRedisCluster, cluster_storage: Any) -> None:
     """A cached key whose slot moves to another master: reads stay right throughout (the
     move deletes the key on the source, which the source's stream announces; a read that
     is redirected is read again where the key is, uncached), and afterwards the key is
     cached from its new master and invalidated by that master's stream."""
-    storage, other = _cluster_storage(own_cluster)
-    try:
-        key = "moving"
-        redis_key = storage._setup.layout.value_key(key.encode())
-        storage.set(key, 1)
+    storage, other = cluster_storage()
+    key = "moving"
+    redis_key = storage._setup.layout.value_key(key.encode())
+    storage.set(key, 1)
+    assert storage.get(key) == 1
+    assert storage.get(key) == 1
+    migration = _plan_migration(own_cluster, key_slot(key.encode()))
+    migration.open()
+    assert storage.get(key) == 1
+    migration.move_keys([redis_key])  # the key lives on the target now (ASK)
+    assert storage.get(key) == 1
+    migration.finish()  # the slot belongs to the target (MOVED)
+    for _ in range(3):
         assert storage.get(key) == 1
-        assert storage.get(key) == 1
-        migration = _plan_migration(own_cluster, key_slot(key.encode()))
-        migration.open()
-        assert storage.get(key) == 1
-        migration.move_keys([redis_key])  # the key lives on the target now (ASK)
-        assert storage.get(key) == 1
-        migration.finish()  # the slot belongs to the target (MOVED)
-        for _ in range(3):
-            assert storage.get(key) == 1
-        other.set(redis_key, 2)  # on the new owner
-        eventually(lambda: _old_or(storage.get(key), 1, 2), timeout=1.0)
-        hits = storage.local_cache_stats().hits
-        assert storage.get(key) == 2
-        assert storage.local_cache_stats().hits == hits + 1  # cached again, from the target
-        storage.set(key, 3)
-        assert storage.get(key) == 3
-    finally:
-        storage.close()
-        other.close()
+    other.set(redis_key, 2)  # on the new owner
+    eventually(lambda: _old_or(storage.get(key), 1, 2), timeout=1.0)
+    hits = storage.local_cache_stats().hits
+    assert storage.get(key) == 2
+    assert storage.local_cache_stats().hits == hits + 1  # cached again, from the target
+    storage.set(key, 3)
+    assert storage.get(key) == 3
 
 
 @pytest.mark.parametrize(

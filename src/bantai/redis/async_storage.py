@@ -19,7 +19,7 @@ from bantai.redis.local_cache import CacheStats
 from bantai.redis.local_line import GOT_TURN, TIMED_OUT, KeyQueue
 from bantai.redis.observed import build
 from bantai.redis.speedups import append_one, consume_one, new_token, update_one
-from bantai.redis.storage import NO_CLUSTER_CACHE, connection_source
+from bantai.redis.storage import connection_source
 from bantai.steps import Operation, run_async
 from bantai.storage.inputs import TTL, Key, encode_key
 from bantai.storage.locking import lock_timeout_error
@@ -197,8 +197,6 @@ def create_async_redis_storage(
     storage_options = RedisStorageOptions.coerce(options)  # check before opening anything
     facade: type[AsyncRedisStorage[Any]] = AsyncRedisStorage
     if storage_options.cache is not None:
-        if isinstance(client, AsyncRedisCluster):
-            raise InvalidOptionError(NO_CLUSTER_CACHE)
         from bantai.redis.cached import (
             CachedAsyncRedisStorage,  # a subclass of this module's facade
         )

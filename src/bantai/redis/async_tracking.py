@@ -153,9 +153,41 @@ class AsyncInvalidationStream:
         self.reset("the storage was closed")
 
 
+class AsyncClusterStreams:
+    """One asyncio stream per cluster node (see `tracking.ClusterStreams`)."""
+
+    def __init__(self, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
+        self._cache = cache
+        self._broadcast_prefix = broadcast_prefix
+        self.streams: dict[str, AsyncInvalidationStream] = {}
+
+    def caught_up(self) -> bool:
+        """True when no node's stream has a message waiting."""
+        return all(stream.caught_up() for stream in self.streams.values())
+
+    def for_node(self, node: Any) -> AsyncInvalidationStream:
+        """The stream of `node` (an asyncio `ClusterNode`: it has the connection class and
+        arguments), created on first use."""
+        stream = self.streams.get(node.name)
+        if stream is None:
+            stream = AsyncInvalidationStream(node, self._cache, self._broadcast_prefix)
+            self.streams[node.name] = stream
+        return stream
+
+    def reset(self, why: str) -> None:
+        """Start every stream over."""
+        for stream in list(self.streams.values()):
+            stream.reset(why)
+
+    def close(self) -> None:
+        """Close every stream."""
+        for stream in list(self.streams.values()):
+            stream.close()
+
+
 async def _disconnect(conn: Any) -> None:
     with contextlib.suppress(Exception):  # broken already: nothing more to release
         await conn.disconnect(nowait=True)
 
 
-__all__ = ["AsyncInvalidationStream"]
+__all__ = ["AsyncClusterStreams", "AsyncInvalidationStream"]

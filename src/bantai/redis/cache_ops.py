@@ -7,9 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
+from redis.crc import key_slot
 from redis.exceptions import AskError
 
 from bantai.redis import operations as ops
+from bantai.redis._compat import slot_lookup
 from bantai.redis.local_cache import Fill, LocalCache
 from bantai.redis.round_trip import RoundTrip
 from bantai.redis.tracking import fill_prefix
@@ -189,6 +191,17 @@ def fill_abandon(cache: LocalCache, filling: Filling[K]) -> None:
         cache.abandon_fill(one)  # a no-op for those that ended
 
 
+def owners(client: Any, wanted: Mapping[K, bytes]) -> list[Any]:
+    """The cluster node (master) that owns each wanted Redis key, from the slot map."""
+    lookup = slot_lookup(client)
+    return [lookup(key_slot(redis_key)) for redis_key in wanted.values()]
+
+
+def owner_name(client: Any, redis_key: bytes) -> str:
+    """The name of the master that owns `redis_key` now."""
+    return str(slot_lookup(client)(key_slot(redis_key)).name)
+
+
 def redis_keys(setup: ops.Setup[T], keys: Iterable[Key]) -> list[bytes]:
     """The Redis keys of the keys a write names; keys that are not valid are skipped (the
     write itself refuses them before sending anything)."""
@@ -220,6 +233,8 @@ __all__ = [
     "fill_reply",
     "fill_request",
     "look_up_many",
+    "owner_name",
+    "owners",
     "redis_keys",
     "written_keys",
 ]

@@ -13,13 +13,12 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.crc import key_slot
 
 from bantai.redis import cache_ops
-from bantai.redis._compat import slot_lookup
 from bantai.redis.async_storage import AsyncRedisStorage
-from bantai.redis.async_tracking import AsyncInvalidationStream
+from bantai.redis.async_tracking import AsyncClusterStreams, AsyncInvalidationStream
 from bantai.redis.local_cache import CacheStats, LocalCache
 from bantai.redis.storage import RedisStorage
 from bantai.redis.tracking import ClusterStreams, InvalidationStream, TrackingUnavailable
@@ -169,8 +168,7 @@ class _CachedRedisStorage(RedisStorage[T]):
             if cluster is None:
                 tracking: Any = self._stream.ensure()
             else:
-                lookup = slot_lookup(self._client)
-                owners = [lookup(key_slot(redis_key)) for redis_key in wanted.values()]
+                owners = cache_ops.owners(self._client, wanted)
                 tracking = [cluster.for_node(node).ensure() for node in owners]
                 nodes = [node.name for node in owners]
         except TrackingUnavailable:
@@ -183,7 +181,7 @@ class _CachedRedisStorage(RedisStorage[T]):
         except BaseException:
             cache_ops.fill_abandon(self._cache, filling)
             raise
-        node_of = None if cluster is None else self._node_name_of
+        node_of = None if cluster is None else functools.partial(cache_ops.owner_name, self._client)
         values, known, redirected = cache_ops.fill_reply(
             self._setup, self._cache, filling, replies, node_of
         )
@@ -192,9 +190,6 @@ class _CachedRedisStorage(RedisStorage[T]):
         if redirected:  # the slot moved meanwhile: read those where they are now, uncached
             values.update(super().get_many(redirected))
         return values
-
-    def _node_name_of(self, redis_key: bytes) -> str:
-        return str(slot_lookup(self._client)(key_slot(redis_key)).name)
 
     def local_cache_stats(self) -> CacheStats | None:
         """Hits, misses, invalidations, evictions, flushes and entries of the local cache."""
@@ -214,7 +209,12 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
         super().__init__(client, schema, options, **kwargs)
         self._cache, prefix = _cache_of(self.options)
         self._broadcast = prefix is not None
-        self._stream = AsyncInvalidationStream(client.connection_pool, self._cache, prefix)
+        self._stream: Any
+        self._cluster: AsyncClusterStreams | None = None
+        if isinstance(client, AsyncRedisCluster):
+            self._cluster = self._stream = AsyncClusterStreams(self._cache, prefix)
+        else:
+            self._stream = AsyncInvalidationStream(client.connection_pool, self._cache, prefix)
 
     async def get(self, key: Key, *, use_cache: bool = True) -> T | None:
         """See the blocking adapter's `get`."""
@@ -226,6 +226,8 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
             value = cache_ops.cached_value(setup, self._cache, key, redis_key)
             if value is not cache_ops.MISSING:
                 return value  # type: ignore[no-any-return]
+        if self._cluster is not None:
+            return (await self._fill({key: redis_key}))[key]
         try:
             client_id = await self._stream.ensure()
         except TrackingUnavailable:
@@ -254,20 +256,33 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
         return {key: found[key] for key in key_list}
 
     async def _fill(self, wanted: dict[K, bytes]) -> dict[K, T | None]:
+        cluster = self._cluster
+        nodes: list[str] | None = None
         try:
-            client_id = await self._stream.ensure()
+            if cluster is None:
+                tracking: Any = await self._stream.ensure()
+            else:
+                owners = cache_ops.owners(self._client, wanted)
+                tracking = [await cluster.for_node(node).ensure() for node in owners]
+                nodes = [node.name for node in owners]
         except TrackingUnavailable:
             return await super().get_many(list(wanted))
-        tracking = None if self._broadcast else client_id
-        filling = cache_ops.fill_request(self._cache, wanted, tracking)
+        if self._broadcast:
+            tracking = None
+        filling = cache_ops.fill_request(self._cache, wanted, tracking, nodes)
         try:
             replies = await self._driver.round_trip(filling.step)
         except BaseException:
             cache_ops.fill_abandon(self._cache, filling)
             raise
-        values, known, _ = cache_ops.fill_reply(self._setup, self._cache, filling, replies)
+        node_of = None if cluster is None else functools.partial(cache_ops.owner_name, self._client)
+        values, known, redirected = cache_ops.fill_reply(
+            self._setup, self._cache, filling, replies, node_of
+        )
         if not known:
             self._stream.reset("the server no longer knows the invalidation connection")
+        if redirected:  # the slot moved meanwhile: read those where they are now, uncached
+            values.update(await super().get_many(redirected))
         return values
 
     def local_cache_stats(self) -> CacheStats | None:

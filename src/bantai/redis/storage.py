@@ -210,9 +210,6 @@ def create_redis_storage(
     return build(facade, storage_options, client, schema, owns_client=True)
 
 
-NO_CLUSTER_CACHE = "local_cache is not supported on the asyncio Redis Cluster client yet"
-
-
 def connection_source(
     redis_options: object, client_type: type | tuple[type, ...], *, asyncio_api: bool
 ) -> tuple[Any, str]:

@@ -185,8 +185,8 @@ class RedisStorageOptions(StorageOptions):
       OpenTelemetry.
     - `local_cache`: keep validated values in this process and serve `get` / `get_many`
       from there until Redis says the key changed (`LocalCacheOptions`, a mapping of its
-      fields, or True for the defaults; default None = off). Single server, Sentinel, and
-      the blocking adapter on Redis Cluster.
+      fields, or True for the defaults; default None = off). Single server, Sentinel and
+      Redis Cluster.
     """
 
     busy_poll_us: int = 0
