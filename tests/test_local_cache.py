@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pydantic_core import core_schema
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.sentinel import Sentinel
 
 from bantai import (
     InvalidOptionError,
@@ -28,10 +29,12 @@ from bantai import (
     rate_limit_schema,
 )
 from bantai.testing import LocalRedisCluster, LocalRedisServer
+from tests import test_sentinel
 from tests.conftest import BlockingShim, LoopThread, unique_prefix
 from tests.test_cluster_faults import _local_cluster, _masters, _plan_migration
 
 Make = Callable[..., Any]
+sentinel_set = test_sentinel.sentinel_set  # the fixture: a master, a replica, a sentinel
 MODES = ["sync", "sync-broadcast", "async", "async-broadcast"]
 
 
@@ -637,3 +640,55 @@ def _run_model(storage: Any, other: redis.Redis, operations: list[tuple[str, str
             else:
                 other.delete(key_of(storage, key))
                 model[key] = None
+
+
+# --- Sentinel ----------------------------------------------------------------------------------
+
+
+def test_sentinel_failover_after_the_master_died(
+    sentinel_set: tuple[LocalRedisServer, LocalRedisServer, Any],
+) -> None:
+    """The master dies: its invalidation stream breaks, so everything cached from it is
+    dropped at once; once the sentinel has promoted the replica, reads reach it and are
+    cached from it, checked (the stream's name behind its client id) and invalidated by
+    a stream on the new master."""
+    master, replica, sentinel = sentinel_set
+    sentinels = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=2)
+    client = sentinels.master_for("mymaster", socket_timeout=2)
+    storage = create_redis_storage({"client": client}, int, {"prefix": "sc:", "local_cache": True})
+    new_master = redis.Redis(port=replica.port)
+    try:
+        storage.set("k", 1)
+        assert storage.get("k") == 1
+        assert storage.get("k") == 1
+        assert redis.Redis(port=master.port).wait(1, 2000) == 1
+        master.stop()
+        _reads(storage, "k")  # a lookup finds the stream closed: everything is dropped
+        assert storage.local_cache_stats().flushes >= 1
+        eventually(lambda: _master_port(sentinels) == replica.port, timeout=20)
+        eventually(lambda: _reads(storage, "k") == 1, timeout=10)
+        new_master.set("sc:k", 2)  # written on the new master
+        eventually(lambda: _old_or(storage.get("k"), 1, 2), timeout=1.0)
+        hits = storage.local_cache_stats().hits
+        assert storage.get("k") == 2
+        assert storage.local_cache_stats().hits == hits + 1  # cached from the new master
+        new_master.set("sc:k", 3)  # and invalidated by the new master's stream
+        eventually(lambda: _old_or(storage.get("k"), 2, 3), timeout=1.0)
+    finally:
+        storage.close()
+        client.close()
+        new_master.close()
+
+
+def _master_port(sentinels: Sentinel) -> int | None:
+    try:
+        return int(sentinels.discover_master("mymaster")[1])
+    except redis.exceptions.ConnectionError:  # no master while the sentinel fails over
+        return None
+
+
+def _reads(storage: Any, key: str) -> Any:
+    try:
+        return storage.get(key)
+    except redis.exceptions.ConnectionError:  # the switch: the pool reconnects
+        return None

@@ -32,18 +32,8 @@ def sentinel_set(
     sentinel.stop()
 
 
-def test_updates_survive_a_sentinel_failover(
-    sentinel_set: tuple[LocalRedisServer, LocalRedisServer, LocalSentinel],
-) -> None:
-    master, replica, sentinel = sentinel_set
-    sentinels = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=2)
-    client = sentinels.master_for("mymaster", socket_timeout=2)
-    storage = create_redis_storage({"client": client}, Counter, {"prefix": "sen:"})
-    for _ in range(5):
-        storage.update("c", increment)
-    assert storage.get("c") == Counter(count=5)
-    assert redis.Redis(port=master.port).wait(1, 2000) == 1  # the replica has every write
-
+def fail_over(sentinels: Sentinel, replica: LocalRedisServer) -> None:
+    """Have the sentinel promote `replica` (bounded: 20 s)."""
     deadline = time.monotonic() + 20
     # The sentinel learns about the replica from the master's INFO (every few seconds).
     while ("127.0.0.1", replica.port) not in sentinels.discover_slaves("mymaster"):
@@ -59,6 +49,21 @@ def test_updates_survive_a_sentinel_failover(
     while sentinels.discover_master("mymaster")[1] != replica.port:
         assert time.monotonic() < deadline, "no failover"
         time.sleep(0.1)
+
+
+def test_updates_survive_a_sentinel_failover(
+    sentinel_set: tuple[LocalRedisServer, LocalRedisServer, LocalSentinel],
+) -> None:
+    master, replica, sentinel = sentinel_set
+    sentinels = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=2)
+    client = sentinels.master_for("mymaster", socket_timeout=2)
+    storage = create_redis_storage({"client": client}, Counter, {"prefix": "sen:"})
+    for _ in range(5):
+        storage.update("c", increment)
+    assert storage.get("c") == Counter(count=5)
+    assert redis.Redis(port=master.port).wait(1, 2000) == 1  # the replica has every write
+
+    fail_over(sentinels, replica)
 
     # Calls during the switch may fail (READONLY from the demoted master, a dropped
     # connection); the adapter then drops the connection so the next call reaches the new

@@ -24,6 +24,7 @@ from bantai.redis.speedups import pack_commands
 from bantai.redis.tracking import (
     TrackingUnavailable,
     apply_message,
+    connection_name,
     readiness,
     setup_commands,
 )
@@ -75,8 +76,16 @@ class _StreamProtocol(asyncio.Protocol):
 class AsyncInvalidationStream:
     """The asyncio stream: connected lazily by the first fill, bound to its event loop."""
 
-    def __init__(self, pool: Any, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        cache: LocalCache,
+        broadcast_prefix: bytes | None,
+        *,
+        verify: bool = False,
+    ) -> None:
         self._pool = pool
+        self.name = connection_name() if verify else None  # see tracking.InvalidationStream
         self.cache = cache
         self._broadcast_prefix = broadcast_prefix
         self._protocol: _StreamProtocol | None = None
@@ -115,7 +124,7 @@ class AsyncInvalidationStream:
             transport.set_protocol(protocol)
             transport.write(pack_commands([(b"CLIENT", b"ID")]))
             (client_id,) = await protocol.expect(1)
-            commands = setup_commands(client_id, self._broadcast_prefix)
+            commands = setup_commands(client_id, self._broadcast_prefix, self.name)
             reply = protocol.expect(len(commands))
             transport.write(pack_commands(commands))
             for answer in await reply:

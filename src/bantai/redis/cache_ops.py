@@ -55,7 +55,7 @@ def look_up_many(
 class Filling(Generic[K]):
     """A fill in flight: its round trip, and what reading the replies needs."""
 
-    __slots__ = ("fills", "head", "nodes", "step", "stride", "wanted")
+    __slots__ = ("fills", "head", "nodes", "step", "stride", "verify", "wanted")
 
     def __init__(
         self,
@@ -65,7 +65,9 @@ class Filling(Generic[K]):
         head: int,
         stride: int,
         nodes: Sequence[str] | None,
+        verify: bytes | None = None,
     ) -> None:
+        self.verify = verify  # the stream's connection name, checked in front (Sentinel)
         self.step = step
         self.wanted = wanted
         self.fills = fills
@@ -79,15 +81,23 @@ def fill_request(
     wanted: Mapping[K, bytes],
     tracking: int | Sequence[int] | None,
     nodes: Sequence[str] | None = None,
+    verify: bytes | None = None,
 ) -> Filling[K]:
     """Start reading `wanted` (key -> Redis key) with tracking on, in one round trip:
     the fills are registered (before anything is sent). `tracking` is the invalidation
     stream's client id (one server), one per key (a cluster: each key's node has its own
     stream, given in `nodes`), or None (broadcast: the streams track the prefix). Hand the
-    replies to `fill_reply`, and call `fill_abandon` if the round trip fails."""
+    replies to `fill_reply`, and call `fill_abandon` if the round trip fails.
+
+    `verify` (Sentinel): the stream's connection name. The data connection may be on
+    another server than the stream after a failover, where the stream's client id names
+    someone else; `CLIENT LIST ID` in front says whose it is, and a mismatch means nothing
+    is cached and the stream starts over (on the server the pool now reaches)."""
     commands: list[tuple[Any, ...]] = []
     per_key = not isinstance(tracking, int) and tracking is not None
     if isinstance(tracking, int):
+        if verify is not None:
+            commands.append((b"CLIENT", b"LIST", b"ID", tracking))
         commands.extend(fill_prefix(tracking))
     head = len(commands)
     for index, redis_key in enumerate(wanted.values()):
@@ -102,7 +112,7 @@ def fill_request(
     # On a cluster a redirected read must not be followed: it would run on another node,
     # without the tracking set up in front of it. It is read again, uncached.
     step = RoundTrip(commands, redirects=nodes is None)
-    return Filling(step, wanted, fills, head, stride, nodes)
+    return Filling(step, wanted, fills, head, stride, nodes, verify)
 
 
 def fill_reply(
@@ -123,6 +133,8 @@ def fill_reply(
             if isinstance(reply, Exception):
                 tracked_all = False
                 known = known and "redirect" not in str(reply)
+        if filling.verify is not None and not _names(replies[0], filling.verify):
+            tracked_all = known = False  # the id is not our stream's on this server
         values: dict[K, T | None] = {}
         redirected: list[K] = []
         for index, (key, one) in enumerate(zip(filling.wanted, filling.fills, strict=True)):
@@ -138,15 +150,24 @@ def fill_reply(
                 if isinstance(reply, Exception):
                     tracked = False
                     known = known and "redirect" not in str(reply)
-            if nodes is not None and node_of is not None:
-                # The slot stayed put: the tracking and the read went to the node whose
-                # stream was named (a move in between would have sent them elsewhere).
-                tracked = tracked and node_of(one.key) == nodes[index]
+            if nodes is not None and node_of is not None and node_of(one.key) != nodes[index]:
+                # The slot map changed between naming the key's node (and its stream) and
+                # routing the round trip: the tracking set-up may have gone to another
+                # node, naming a client id that means someone else there. Nothing it read
+                # is cached, and the streams start over (their ids are then new).
+                tracked = known = False
             if tracked and isinstance(pttl, int):
                 cache.end_fill(one, raw, value, pttl)
         return values, known, redirected
     finally:
         fill_abandon(cache, filling)
+
+
+def _names(client_list: Any, name: bytes) -> bool:
+    """Whether a `CLIENT LIST ID` reply describes the connection called `name`."""
+    if isinstance(client_list, str):
+        client_list = client_list.encode()
+    return isinstance(client_list, bytes) and b" name=" + name + b" " in client_list
 
 
 def fill_one_request(

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.cluster import RedisCluster
+from redis.sentinel import SentinelConnectionPool
 
 from bantai.redis import cache_ops
 from bantai.redis.async_storage import AsyncRedisStorage
@@ -115,7 +117,9 @@ class _CachedRedisStorage(RedisStorage[T]):
         if isinstance(client, RedisCluster):
             self._cluster = self._stream = ClusterStreams(client, self._cache, prefix)
         else:
-            self._stream = InvalidationStream(client.connection_pool, self._cache, prefix)
+            pool = client.connection_pool
+            verify = isinstance(pool, SentinelConnectionPool)
+            self._stream = InvalidationStream(pool, self._cache, prefix, verify=verify)
 
     def get(self, key: Key, *, use_cache: bool = True) -> T | None:
         """The value under `key`: from the local cache while Redis has not announced a
@@ -132,7 +136,7 @@ class _CachedRedisStorage(RedisStorage[T]):
         return self._fill_one(key, redis_key)
 
     def _fill_one(self, key: Key, redis_key: bytes) -> T | None:
-        if self._cluster is not None:
+        if self._cluster is not None or self._stream.name is not None:
             return self._fill({key: redis_key})[key]
         try:
             client_id = self._stream.ensure()
@@ -175,7 +179,8 @@ class _CachedRedisStorage(RedisStorage[T]):
             return super().get_many(list(wanted))
         if self._broadcast:
             tracking = None
-        filling = cache_ops.fill_request(self._cache, wanted, tracking, nodes)
+        verify = None if cluster is not None else self._stream.name
+        filling = cache_ops.fill_request(self._cache, wanted, tracking, nodes, verify)
         try:
             replies = self._driver.round_trip(filling.step)
         except BaseException:
@@ -214,7 +219,9 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
         if isinstance(client, AsyncRedisCluster):
             self._cluster = self._stream = AsyncClusterStreams(self._cache, prefix)
         else:
-            self._stream = AsyncInvalidationStream(client.connection_pool, self._cache, prefix)
+            pool = client.connection_pool
+            verify = isinstance(pool, AsyncSentinelConnectionPool)
+            self._stream = AsyncInvalidationStream(pool, self._cache, prefix, verify=verify)
 
     async def get(self, key: Key, *, use_cache: bool = True) -> T | None:
         """See the blocking adapter's `get`."""
@@ -226,7 +233,7 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
             value = cache_ops.cached_value(setup, self._cache, key, redis_key)
             if value is not cache_ops.MISSING:
                 return value  # type: ignore[no-any-return]
-        if self._cluster is not None:
+        if self._cluster is not None or self._stream.name is not None:
             return (await self._fill({key: redis_key}))[key]
         try:
             client_id = await self._stream.ensure()
@@ -269,7 +276,8 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
             return await super().get_many(list(wanted))
         if self._broadcast:
             tracking = None
-        filling = cache_ops.fill_request(self._cache, wanted, tracking, nodes)
+        verify = None if cluster is not None else self._stream.name
+        filling = cache_ops.fill_request(self._cache, wanted, tracking, nodes, verify)
         try:
             replies = await self._driver.round_trip(filling.step)
         except BaseException:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import ssl
 import threading
@@ -61,9 +62,13 @@ def apply_message(cache: LocalCache, message: Any) -> None:
         cache.invalidate(keys)
 
 
-def setup_commands(client_id: int | None, broadcast_prefix: bytes | None) -> list[tuple[Any, ...]]:
+def setup_commands(
+    client_id: int | None, broadcast_prefix: bytes | None, name: bytes | None = None
+) -> list[tuple[Any, ...]]:
     """What the stream's connection sends once connected (after ``CLIENT ID``)."""
     commands: list[tuple[Any, ...]] = []
+    if name is not None:
+        commands.append((b"CLIENT", b"SETNAME", name))
     if broadcast_prefix is not None:
         commands.append(
             (b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", client_id, b"BCAST", b"PREFIX",
@@ -71,6 +76,11 @@ def setup_commands(client_id: int | None, broadcast_prefix: bytes | None) -> lis
         )  # fmt: skip
     commands.append((b"SUBSCRIBE", CHANNEL))
     return commands
+
+
+def connection_name() -> bytes:
+    """A name no other connection has, for a stream whose fills verify it."""
+    return b"bantai-cache-" + os.urandom(8).hex().encode()
 
 
 def readiness(sock: Any) -> Any:
@@ -121,10 +131,20 @@ class InvalidationStream:
         "_sock",
         "_tls",
         "client_id",
+        "name",
     )
 
-    def __init__(self, pool: Any, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        cache: LocalCache,
+        broadcast_prefix: bytes | None,
+        *,
+        verify: bool = False,
+    ) -> None:
         self._pool = pool
+        # verify: the connection gets a unique name that fills check (see cache_ops).
+        self.name = connection_name() if verify else None
         self._cache = cache
         self._broadcast_prefix = broadcast_prefix
         self._lock = threading.Lock()
@@ -207,7 +227,7 @@ class InvalidationStream:
             reader = hiredis.Reader()
             client_id = self._call(sock, reader, [(b"CLIENT", b"ID")])[0]
             prefix = self._broadcast_prefix
-            replies = self._call(sock, reader, setup_commands(client_id, prefix))
+            replies = self._call(sock, reader, setup_commands(client_id, prefix, self.name))
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
@@ -310,6 +330,7 @@ __all__ = [
     "InvalidationStream",
     "TrackingUnavailable",
     "apply_message",
+    "connection_name",
     "fill_prefix",
     "invalidated_keys",
     "setup_commands",
