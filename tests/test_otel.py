@@ -167,3 +167,36 @@ def test_instrument_observes_storages_created_afterwards(
     assert type(again) is type(before)
     for storage in (before, after, again):
         storage.close()
+
+
+def test_local_cache_counters_are_metrics(
+    redis_server: LocalRedisServer, telemetry: Telemetry
+) -> None:
+    storage = create_redis_storage(
+        {"url": redis_server.url},
+        int,
+        {"prefix": unique_prefix(), "instrumentation": telemetry.hooks, "local_cache": True},
+    )
+    other = redis.Redis.from_url(redis_server.url)
+    try:
+        storage.set("k", 1)
+        storage.get("k")  # a miss
+        storage.get("k")  # a hit
+        storage.get("k")  # a hit
+        other.set(f"{storage.options.prefix}k", 2)
+        assert storage.get("k") == 2  # the invalidation, then a miss
+
+        def value(name: str) -> int:
+            (point,) = telemetry.points(name)
+            assert point.attributes["db.system.name"] == "redis"
+            assert point.attributes["server.port"] == redis_server.port
+            return int(point.value)
+
+        assert value("bantai.cache.hits") == 2
+        assert value("bantai.cache.misses") == 2
+        assert value("bantai.cache.invalidations") == 1
+        assert value("bantai.cache.evictions") == 0
+        assert value("bantai.cache.entries") == 1
+    finally:
+        storage.close()
+        other.close()

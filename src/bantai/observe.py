@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
@@ -84,6 +84,12 @@ class Instrumentation:
 
     def end(self, context: Any, result: OperationEnd) -> None:
         """The operation ended (returned or raised)."""
+
+    def local_cache(self, stats: Callable[[], Any], operation: OperationStart) -> None:
+        """A storage with a `local_cache` was created (called once). `stats()` returns its
+        counters now (a `bantai.CacheStats`: hits, misses, invalidations, evictions,
+        flushes, entries), or None once the storage is gone; `operation` names its
+        server (its `operation` is "local_cache"). Read it when metrics are collected."""
 
 
 def outcome_of(error: BaseException | None) -> str:

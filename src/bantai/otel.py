@@ -13,19 +13,22 @@ bantai moves its own bytes (it does not go through redis-py's command layer), so
   script reloads, redirects, resends) are span events named `bantai.<event>`.
 - Histogram `db.client.operation.duration` (s) by operation, server and `error.type`;
   histogram `bantai.lock.wait.duration` (s) for operations that waited for a lock;
-  counter `bantai.events` by event name.
+  counter `bantai.events` by event name; for storages with a local cache, observable
+  counters `bantai.cache.hits` / `misses` / `invalidations` / `evictions` / `flushes`
+  and the gauge `bantai.cache.entries`, by server.
 
 Keys and values are never recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from bantai.observe import (
@@ -37,6 +40,13 @@ from bantai.observe import (
 
 _SCOPE = "bantai"
 # Semantic-conventions advice for db.client.operation.duration (seconds).
+_CACHE_COUNTERS = {
+    "hits": "Local cache lookups answered from the cache",
+    "misses": "Local cache lookups that read from Redis",
+    "invalidations": "Local cache entries dropped because the key changed",
+    "evictions": "Local cache entries dropped to stay within max_entries",
+    "flushes": "Times a local cache dropped everything (stream lost, FLUSHDB)",
+}
 _DURATION_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0]
 
 
@@ -83,6 +93,43 @@ class OpenTelemetryInstrumentation(Instrumentation):
         self._events = meter.create_counter(
             "bantai.events", unit="{event}", description="Lock waits, redirects, reloads, resends"
         )
+        # Local caches: their counters, read when metrics are collected.
+        self._caches: list[tuple[Callable[[], Any], dict[str, Any]]] = []
+        for field, description in _CACHE_COUNTERS.items():
+            meter.create_observable_counter(
+                f"bantai.cache.{field}",
+                callbacks=[self._cache_reader(field)],
+                unit="{" + field.rstrip("s") + "}",
+                description=description,
+            )
+        meter.create_observable_gauge(
+            "bantai.cache.entries",
+            callbacks=[self._cache_reader("entries")],
+            unit="{entry}",
+            description="Entries held by local caches",
+        )
+
+    def local_cache(self, stats: Callable[[], Any], operation: OperationStart) -> None:
+        """Report this cache's counters with the metrics (`bantai.cache.*`)."""
+        attributes: dict[str, Any] = {"db.system.name": "redis"}
+        if operation.server_address is not None:
+            attributes["server.address"] = operation.server_address
+        if operation.server_port is not None:
+            attributes["server.port"] = operation.server_port
+        self._caches.append((stats, attributes))
+
+    def _cache_reader(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def read(options: CallbackOptions) -> Iterable[Observation]:
+            alive = []
+            for stats, attributes in self._caches:
+                now = stats()
+                if now is None:  # the storage is gone
+                    continue
+                alive.append((stats, attributes))
+                yield Observation(getattr(now, field), attributes)
+            self._caches[:] = alive
+
+        return read
 
     def start(self, operation: OperationStart) -> Any:
         """Open the span (the current span while the operation runs)."""

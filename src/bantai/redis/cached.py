@@ -106,7 +106,7 @@ def _cache_of(options: RedisStorageOptions) -> tuple[LocalCache, bytes | None]:
 
 
 class _CachedRedisStorage(RedisStorage[T]):
-    __slots__ = ("_broadcast", "_cache", "_cluster", "_stream")
+    __slots__ = ("__weakref__", "_broadcast", "_cache", "_cluster", "_stream")
 
     def __init__(self, client: Any, schema: object, options: Any, **kwargs: Any) -> None:
         super().__init__(client, schema, options, **kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -145,4 +146,13 @@ def build(base: type[S], options: RedisStorageOptions, *args: Any, **kwargs: Any
         for operation, count in OBSERVED.values()
         if count is _one
     }
+    if storage.local_cache_stats() is not None:
+        # A weak reference: the hooks must not keep the storage alive.
+        stats = weakref.WeakMethod(storage.local_cache_stats)
+
+        def read() -> Any:
+            method = stats()
+            return None if method is None else method()
+
+        hooks.local_cache(read, OperationStart("local_cache", 0, *server))
     return cast(S, storage)
