@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from bantai.storage.options import LocalCacheOptions
 
 # Values that can be handed to every caller as they are: nobody can change them.
-_IMMUTABLE = (str, int, float, bool, bytes, type(None))
+_IMMUTABLE = frozenset((str, int, float, bool, bytes, type(None)))
 
 
 class CacheStats(NamedTuple):
@@ -59,7 +59,7 @@ class Entry:
         self.raw = raw
         # Immutable values are returned as they are; the others are validated again from
         # `raw` on every hit so that no two callers share a mutable object.
-        self.shared = isinstance(value, _IMMUTABLE)
+        self.shared = type(value) in _IMMUTABLE
         self.value = value if self.shared else None
         self.deadline = deadline  # time.monotonic() after which it is gone; 0.0: never
 
@@ -142,23 +142,30 @@ class LocalCache:
         """Insert what the fill read, unless it was poisoned meanwhile; `pttl_ms` is the
         key's PTTL read in the same round trip (None or negative: no TTL). True when the
         entry went in."""
+        key = fill.key
         with self.lock:
             fill.ended = True
-            self._forget(fill)
-            # Reads of one key that overlap cannot be ordered from here (their replies
-            # may arrive in any order): the first to complete decides, the others in
-            # flight are not inserted. A later fill read what this one read, or newer.
-            for other in self._fills.get(fill.key, ()):
-                other.poisoned = True
+            fills = self._fills.get(key)
+            if fills is not None:
+                if len(fills) == 1:  # the common case: no other read of the key in flight
+                    del self._fills[key]
+                else:
+                    with contextlib.suppress(ValueError):
+                        fills.remove(fill)
+                    # Reads of one key that overlap cannot be ordered from here (their
+                    # replies may arrive in any order): the first to complete decides,
+                    # the others in flight are not inserted. A later fill read what this
+                    # one read, or newer.
+                    for other in fills:
+                        other.poisoned = True
             if fill.poisoned or fill.epoch != self.epoch:
                 return False
             entries = self.entries
-            present = entries.get(fill.key)
+            present = entries.pop(key, None)
             if present is not None and present.raw != raw:
                 # Another fill inserted a different value while this one was in flight:
                 # one of the two is stale (its invalidation may still be on the way,
                 # on another socket than the newer reply). Keep neither.
-                del entries[fill.key]
                 self.invalidations += 1
                 return False
             deadline = 0.0
@@ -167,11 +174,11 @@ class LocalCache:
             if self.max_ttl_s is not None:
                 cap = fill.started + self.max_ttl_s
                 deadline = cap if deadline == 0.0 else min(deadline, cap)
-            entries[fill.key] = Entry(raw, value, deadline)
-            entries.move_to_end(fill.key)
-            while len(entries) > self.max_entries:
-                entries.popitem(last=False)
-                self.evictions += 1
+            entries[key] = Entry(raw, value, deadline)  # a new key goes last: most recent
+            if len(entries) > self.max_entries:
+                while len(entries) > self.max_entries:
+                    entries.popitem(last=False)
+                    self.evictions += 1
             return True
 
     def abandon_fill(self, fill: Fill) -> None:
