@@ -47,8 +47,9 @@ def test_a_fresh_server_is_ready(
     assert report["target"] == redis_server.url and report["kind"] == "standalone"
     assert list(checks) == [
         "connect", "mode", "version", "eviction", "persistence", "latency", "scripts", "acl",
-        "build",
+        "local_cache", "build",
     ]  # fmt: skip
+    assert checks["local_cache"]["status"] == "ok"
     assert {c["status"] for c in report["checks"]} <= {"ok", "info"}, report
     assert checks["version"]["version"].startswith("7.")
     assert checks["eviction"]["policy"] == "noeviction"
@@ -239,6 +240,8 @@ def test_acl_a_user_without_access_to_the_prefix_fails(
     )
     acl = by_name(report)["acl"]
     assert code == 1 and acl["status"] == "fail" and acl["method"] == "ACL DRYRUN"
+    cache = by_name(report)["local_cache"]  # informational: the option is optional
+    assert cache["status"] == "info" and set(cache["refused"]) == {"SUBSCRIBE", "PTTL"}
     assert set(acl["refused"]) == {"GET", "SET", "DEL", "MSET", "EXISTS", "EVALSHA"}
     assert "no permissions to access the 'app:doctor:" in acl["detail"]
 

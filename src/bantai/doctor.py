@@ -686,6 +686,35 @@ def _try_commands(client: redis.Redis, value: bytes, lock: bytes) -> dict[str, s
     return refused
 
 
+def local_cache_check(node: Node, settings: Settings) -> Check:
+    """Could the `local_cache` option work for this user? It sends CLIENT ID / TRACKING /
+    CACHING / LIST, SUBSCRIBEs to the invalidation channel and reads PTTL (`ACL DRYRUN`;
+    informational: without them the cache stays empty and reads go to Redis)."""
+    probe = node.probe or _probe_key()
+    value = node.layout.value_key(probe)
+    commands = [
+        ("CLIENT ID", ("CLIENT", "ID")),
+        ("CLIENT TRACKING", ("CLIENT", "TRACKING", "ON", "REDIRECT", "1", "OPTIN")),
+        ("CLIENT CACHING", ("CLIENT", "CACHING", "YES")),
+        ("CLIENT LIST", ("CLIENT", "LIST", "ID", "1")),
+        ("SUBSCRIBE", ("SUBSCRIBE", "__redis__:invalidate")),
+        ("PTTL", ("PTTL", value)),
+    ]
+    try:
+        user = _text(_command(node.client, "ACL", "WHOAMI"))
+        refused = _dry_run(node.client, user, commands)
+    except ResponseError:
+        return Check("local_cache", "info", "not checked (needs ACL WHOAMI and ACL DRYRUN)")
+    extra: dict[str, object] = {"user": user, "commands": [name for name, _ in commands]}
+    if refused:
+        detail = (
+            f"user {user} may not run {', '.join(refused)}: with the local_cache option "
+            "the cache stays empty and every read goes to Redis"
+        )
+        return Check("local_cache", "info", detail, {**extra, "refused": refused})
+    return Check("local_cache", "ok", f"user {user} may use the local_cache option", extra)
+
+
 def build_check() -> Check:
     """Which implementation of the hot path is active."""
     extra = {"implementation": IMPLEMENTATION}
@@ -719,6 +748,7 @@ NODE_CHECKS: tuple[Callable[[Node, Settings], Check], ...] = (
     latency_check,
     scripts_check,
     acl_check,
+    local_cache_check,
 )
 
 
