@@ -13,6 +13,8 @@ from typing_extensions import assert_type
 from bantai import (
     AsyncMemoryStorage,
     AsyncRedisStorage,
+    CacheStats,
+    LocalCacheOptions,
     MemoryStorage,
     RedisStorage,
     UpdateResult,
@@ -130,3 +132,15 @@ async def async_rate_limits(limits: AsyncRedisStorage[Any]) -> None:
         limits, {"type": "fixed-window", "limit": 1, "period": 1000}
     )
     assert_type(result.retry_after_ms, int | None)
+
+
+def local_cache_is_typed(users: RedisStorage[User]) -> None:
+    cached = create_redis_storage(URL, User, {"local_cache": LocalCacheOptions(max_entries=10)})
+    assert_type(cached, RedisStorage[User])
+    assert_type(cached.get("u", use_cache=False), User | None)
+    assert_type(cached.get_many(["a"], use_cache=False), dict[str, User | None])
+    assert_type(users.local_cache_stats(), CacheStats | None)
+    stats = users.local_cache_stats()
+    if stats is not None:
+        assert_type(stats.hits, int)
+    users.get("u", use_cache="no")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
