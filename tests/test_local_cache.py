@@ -692,3 +692,56 @@ def _reads(storage: Any, key: str) -> Any:
         return storage.get(key)
     except redis.exceptions.ConnectionError:  # the switch: the pool reconnects
         return None
+
+
+# --- found by an adversarial run -------------------------------------------------------------
+
+
+def test_overlapping_fills_never_leave_the_older_value() -> None:
+    """Two reads of a key overlap; the one that read the older value completes first and
+    is cached, which poisons the other; the newer one, completing, must still drop the
+    older entry: its caller got the newer value (no I/O: the cache's own rules)."""
+    from bantai.redis.local_cache import LocalCache
+    from bantai.storage.options import LocalCacheOptions
+
+    cache = LocalCache(LocalCacheOptions())
+    older, newer = cache.begin_fill(b"k"), cache.begin_fill(b"k")
+    assert cache.end_fill(older, b"1", 1, -1)  # cached, and the other read is poisoned
+    assert not cache.end_fill(newer, b"2", 2, -1)
+    assert cache.lookup(b"k") is None  # the older value is gone: the next read refills
+
+
+def test_the_first_read_of_a_fresh_asyncio_cluster_client(
+    own_cluster: LocalRedisCluster, loop_thread: LoopThread
+) -> None:
+    host, port = own_cluster.startup_nodes[0]
+    client = redis.asyncio.cluster.RedisCluster(host=host, port=port)
+    storage = BlockingShim(
+        create_async_redis_storage(
+            {"client": client}, int, {"prefix": unique_prefix(), "local_cache": True}
+        ),
+        loop_thread,
+    )
+    try:
+        assert storage.get("k") is None  # the slot map is loaded first, not a KeyError
+        storage.set("k", 1)
+        assert storage.get("k") == 1
+        assert storage.get("k") == 1
+        assert storage.local_cache_stats().hits == 1
+    finally:
+        storage.close()
+
+
+def test_cluster_an_absent_key_whose_slot_moved(
+    own_cluster: LocalRedisCluster, cluster_storage: Any
+) -> None:
+    """Absence is not cached on a cluster: a migration moves nothing for a key that does
+    not exist, so nothing would announce its creation on the new master."""
+    storage, other = cluster_storage()
+    key = "absent"
+    redis_key = storage._setup.layout.value_key(key.encode())
+    assert storage.get(key) is None
+    assert storage.get(key) is None
+    _plan_migration(own_cluster, key_slot(key.encode())).run(batch=5, pause=0.0)
+    other.set(redis_key, 42)  # created on the new master
+    assert storage.get(key) == 42

@@ -156,6 +156,11 @@ def fill_reply(
                 # node, naming a client id that means someone else there. Nothing it read
                 # is cached, and the streams start over (their ids are then new).
                 tracked = known = False
+            if nodes is not None and raw is None:
+                # Cluster: an absent key is not cached. If its slot moves, nothing is
+                # deleted on the old master, so nothing would announce its creation on
+                # the new one.
+                tracked = False
             if tracked and isinstance(pttl, int):
                 cache.end_fill(one, raw, value, pttl)
         return values, known, redirected

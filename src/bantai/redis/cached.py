@@ -269,6 +269,7 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
             if cluster is None:
                 tracking: Any = await self._stream.ensure()
             else:
+                await self._client.initialize()  # the slot map (a no-op once loaded)
                 owners = cache_ops.owners(self._client, wanted)
                 tracking = [await cluster.for_node(node).ensure() for node in owners]
                 nodes = [node.name for node in owners]

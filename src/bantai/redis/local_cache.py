@@ -158,15 +158,17 @@ class LocalCache:
                     # one read, or newer.
                     for other in fills:
                         other.poisoned = True
-            if fill.poisoned or fill.epoch != self.epoch:
-                return False
             entries = self.entries
-            present = entries.pop(key, None)
+            present = entries.get(key)
             if present is not None and present.raw != raw:
                 # Another fill inserted a different value while this one was in flight:
                 # one of the two is stale (its invalidation may still be on the way,
-                # on another socket than the newer reply). Keep neither.
+                # on another socket than the newer reply). Keep neither — also when this
+                # fill is poisoned: its caller is getting the other value.
+                del entries[key]
                 self.invalidations += 1
+                return False
+            if fill.poisoned or fill.epoch != self.epoch:
                 return False
             deadline = 0.0
             if pttl_ms is not None and pttl_ms >= 0:
@@ -174,7 +176,8 @@ class LocalCache:
             if self.max_ttl_s is not None:
                 cap = fill.started + self.max_ttl_s
                 deadline = cap if deadline == 0.0 else min(deadline, cap)
-            entries[key] = Entry(raw, value, deadline)  # a new key goes last: most recent
+            entries[key] = Entry(raw, value, deadline)
+            entries.move_to_end(key)  # most recent (already last unless it was present)
             if len(entries) > self.max_entries:
                 while len(entries) > self.max_entries:
                     entries.popitem(last=False)
