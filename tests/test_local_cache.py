@@ -745,3 +745,69 @@ def test_cluster_an_absent_key_whose_slot_moved(
     _plan_migration(own_cluster, key_slot(key.encode())).run(batch=5, pause=0.0)
     other.set(redis_key, 42)  # created on the new master
     assert storage.get(key) == 42
+
+
+def test_killed_data_connections_do_not_lose_invalidations(
+    make_own: tuple[Make, redis.Redis],
+) -> None:
+    """Redis files a tracked key under the connection that read it and silently forgets
+    it when that connection closes: the reads that fill the cache go over a connection
+    the cache watches, and its loss drops everything."""
+    make_, other = make_own
+    storage = make_()
+    storage.set("k", {"x": 1})
+    assert storage.get("k") == {"x": 1}
+    assert storage.get("k") == {"x": 1}
+    other.execute_command("CLIENT", "KILL", "TYPE", "normal")  # every data connection
+    other.set(key_of(storage, "k"), b'{"x":2}')
+    eventually(lambda: _old_or(storage.get("k"), {"x": 1}, {"x": 2}), timeout=1.0)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_idle_timeout_does_not_lose_invalidations(
+    mode: str, own_redis_server: Callable[..., LocalRedisServer], loop_thread: LoopThread
+) -> None:
+    """A server `timeout` closes connections idle for that long: a hot key read only from
+    the cache leaves the reading connection idle."""
+    server = own_redis_server("--timeout", "1")
+    created: list[Any] = []
+    storage = _maker(mode, server.url, loop_thread, created)()
+    other = redis.Redis.from_url(server.url)
+    try:
+        storage.set("k", {"x": 1})
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # hits only, for longer than the timeout
+            assert storage.get("k") == {"x": 1}
+            time.sleep(0.01)
+        other.set(key_of(storage, "k"), b'{"x":2}')
+        eventually(lambda: _old_or(storage.get("k"), {"x": 1}, {"x": 2}), timeout=1.0)
+    finally:
+        other.close()
+        for each in created:
+            each.close()
+
+
+def test_a_read_timing_out_elsewhere_does_not_lose_invalidations(
+    own_redis_server: Callable[..., LocalRedisServer],
+) -> None:
+    """A timeout on the driver's connections drops them all; the cache's reads did not go
+    over them."""
+    server = own_redis_server("--enable-debug-command", "yes")
+    client = redis.Redis.from_url(server.url, socket_timeout=0.3)
+    storage = create_redis_storage({"client": client}, int, {"prefix": "p:", "local_cache": True})
+    other = redis.Redis.from_url(server.url)
+    try:
+        storage.set("k", 1)
+        assert storage.get("k") == 1
+        assert storage.get("k") == 1
+        sleeper = threading.Thread(target=lambda: other.execute_command("DEBUG", "SLEEP", "0.8"))
+        sleeper.start()
+        time.sleep(0.05)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            storage.get("other", use_cache=False)
+        sleeper.join(5)
+        other.set("p:k", 2)
+        eventually(lambda: _old_or(storage.get("k"), 1, 2), timeout=1.0)
+    finally:
+        storage.close()
+        other.close()

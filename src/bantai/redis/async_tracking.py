@@ -14,17 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bantai.redis._compat import async_transport
+from bantai.redis.async_driver import Channel
 from bantai.redis.local_cache import LocalCache
+from bantai.redis.round_trip import NotSent
 from bantai.redis.speedups import pack_commands
 from bantai.redis.tracking import (
     TrackingUnavailable,
     apply_message,
     connection_name,
+    describes,
+    fill_setup,
     readiness,
     setup_commands,
 )
@@ -74,31 +80,45 @@ class _StreamProtocol(asyncio.Protocol):
 
 
 class AsyncInvalidationStream:
-    """The asyncio stream: connected lazily by the first fill, bound to its event loop."""
+    """The asyncio stream: connected lazily by the first fill, bound to its event loop.
+    Its fill connection is a `Channel` of the asyncio driver: the reads of concurrent
+    fills are pipelined on it."""
 
-    def __init__(
-        self,
-        pool: Any,
-        cache: LocalCache,
-        broadcast_prefix: bytes | None,
-        *,
-        verify: bool = False,
-    ) -> None:
+    def __init__(self, pool: Any, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
         self._pool = pool
-        self.name = connection_name() if verify else None  # see tracking.InvalidationStream
+        self.name = connection_name()  # see tracking.InvalidationStream
         self.cache = cache
         self._broadcast_prefix = broadcast_prefix
         self._protocol: _StreamProtocol | None = None
         self._conn: Any = None
         self._transport: asyncio.Transport | None = None
+        self._fill: Channel | None = None
+        self._fill_fd = -1
         self._poll: Any = None
         self._opening: asyncio.Future[int] | None = None
         self.client_id: int | None = None
 
     def caught_up(self) -> bool:
-        """True when no message is waiting to be read: the cache may be used as it is."""
+        """True when nothing is waiting to be read, and the fill connection stands: the
+        cache may be used as it is. Otherwise the caller reads from Redis, and the event
+        loop applies the messages (or notices the closed connection) meanwhile."""
         poller = self._poll
-        return poller is None or not poller.poll(0)
+        if poller is None:
+            return True
+        fill = self._fill
+        if fill is not None and fill.closed is not None:
+            # Closed by the server (idle `timeout`, CLIENT KILL): Redis forgot every key
+            # tracked for us on it.
+            self.reset("the fill connection was closed")
+            return True  # nothing is cached any more
+        ready = poller.poll(0)
+        if not ready:
+            return True
+        # Only the fill connection has bytes, and they are replies somebody awaits: the
+        # event loop hands them over; nothing to apply to the cache.
+        return bool(
+            fill is not None and fill.mux.pending and all(fd == self._fill_fd for fd, _ in ready)
+        )
 
     async def ensure(self) -> int:
         """The stream's client id, connecting first if needed (one connect shared by the
@@ -117,6 +137,7 @@ class AsyncInvalidationStream:
     async def _connect(self) -> int:
         pool = self._pool
         conn = pool.connection_class(**pool.connection_kwargs)
+        fill_conn: Any = None
         try:
             await conn.connect()
             transport = async_transport(conn)
@@ -130,14 +151,48 @@ class AsyncInvalidationStream:
             for answer in await reply:
                 if isinstance(answer, Exception):
                     raise answer
+            fill: Channel | None = None
+            if self._broadcast_prefix is None:
+                fill_conn = pool.connection_class(**pool.connection_kwargs)
+                await fill_conn.connect()
+                fill = Channel(fill_conn, asyncio.get_running_loop())
+                (whose, tracking), _ = await fill.send(fill_setup(client_id, self.name))
+                if isinstance(tracking, Exception):
+                    raise tracking
+                if not describes(whose, self.name):
+                    raise ConnectionError("the fill connection reached another server")
         except Exception as exc:
             await _disconnect(conn)
+            if fill_conn is not None:
+                await _disconnect(fill_conn)
             log.warning("local cache unavailable, reading from Redis: %s", exc)
             raise TrackingUnavailable(str(exc)) from exc
-        poller = readiness(transport.get_extra_info("socket").fileno())
-        self._conn, self._transport, self._protocol, self._poll = conn, transport, protocol, poller
+        fds = [transport.get_extra_info("socket").fileno()]
+        if fill is not None:
+            self._fill_fd = fill.transport.get_extra_info("socket").fileno()
+            fds.append(self._fill_fd)
+        self._poll = readiness(*fds)
+        self._conn, self._transport, self._protocol, self._fill = conn, transport, protocol, fill
         self.client_id = int(client_id)
         return self.client_id
+
+    async def fill(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send a fill's reads over the fill connection (pipelined with other tasks'),
+        one reply each; `TrackingUnavailable` when it fails on a lost connection."""
+        fill = self._fill
+        if fill is None:
+            raise TrackingUnavailable("the stream is not connected")
+        try:
+            replies, _ = await fill.send(commands)
+        except (RedisConnectionError, NotSent) as exc:
+            if self._fill is fill:
+                self.reset(f"the fill connection failed: {exc!r}")
+            raise TrackingUnavailable(str(exc)) from exc
+        except BaseException as exc:  # a timeout: the channel is broken, do not wait twice
+            if self._fill is fill and fill.closed is not None:
+                self.reset(f"the fill connection failed: {exc!r}")
+            raise
+        return replies
 
     def lost(self, protocol: _StreamProtocol, why: str) -> None:
         """The connection of `protocol` is gone: messages may have been lost."""
@@ -145,20 +200,23 @@ class AsyncInvalidationStream:
             self._forget(why)
 
     def reset(self, why: str) -> None:
-        """A fill learned that the server no longer knows this stream: start over."""
-        transport = self._transport
+        """Start over (a fill learned the stream cannot be trusted)."""
+        transport, fill = self._transport, self._fill
         self._forget(why)
         if transport is not None:
             transport.close()
+        if fill is not None:
+            fill.close()
 
     def _forget(self, why: str) -> None:
         log.debug("local cache dropped: %s", why)
-        self._conn = self._transport = self._protocol = self._poll = None
+        self._conn = self._transport = self._protocol = self._poll = self._fill = None
+        self._fill_fd = -1
         self.client_id = None
         self.cache.invalidate_all()
 
     def close(self) -> None:
-        """Close the connection (the storage is closing)."""
+        """Close the connections (the storage is closing)."""
         self.reset("the storage was closed")
 
 

@@ -14,9 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.cluster import RedisCluster
-from redis.sentinel import SentinelConnectionPool
 
 from bantai.redis import cache_ops
 from bantai.redis.async_storage import AsyncRedisStorage
@@ -117,9 +115,7 @@ class _CachedRedisStorage(RedisStorage[T]):
         if isinstance(client, RedisCluster):
             self._cluster = self._stream = ClusterStreams(client, self._cache, prefix)
         else:
-            pool = client.connection_pool
-            verify = isinstance(pool, SentinelConnectionPool)
-            self._stream = InvalidationStream(pool, self._cache, prefix, verify=verify)
+            self._stream = InvalidationStream(client.connection_pool, self._cache, prefix)
 
     def get(self, key: Key, *, use_cache: bool = True) -> T | None:
         """The value under `key`: from the local cache while Redis has not announced a
@@ -136,24 +132,29 @@ class _CachedRedisStorage(RedisStorage[T]):
         return self._fill_one(key, redis_key)
 
     def _fill_one(self, key: Key, redis_key: bytes) -> T | None:
-        if self._cluster is not None or self._stream.name is not None:
+        if self._cluster is not None or self._broadcast:
             return self._fill({key: redis_key})[key]
+        cache, stream = self._cache, self._stream
         try:
-            client_id = self._stream.ensure()
+            stream.ensure()
+            commands, fill = cache_ops.fill_one_request(cache, redis_key)
+            try:
+                replies = stream.fill(commands)
+            except BaseException:
+                cache.abandon_fill(fill)
+                raise
         except TrackingUnavailable:
-            return super().get(key)
-        cache = self._cache
-        step, fill = cache_ops.fill_one_request(cache, redis_key, client_id, self._broadcast)
+            return self._read_past(key, redis_key)
+        return cache_ops.fill_one_reply(self._setup, cache, key, fill, replies)
+
+    def _read_past(self, key: Key, redis_key: bytes) -> T | None:
+        """Read past the cache (it cannot track now). What this returns may be newer than
+        a fill in flight will insert: afterwards the key is dropped and those fills
+        poisoned, so no read after this one sees an older value."""
         try:
-            replies = self._driver.round_trip(step)
-        except BaseException:
-            cache.abandon_fill(fill)
-            raise
-        outcome = cache_ops.fill_one_reply(self._setup, cache, key, fill, replies)
-        value, known = outcome
-        if not known:
-            self._stream.reset("the server no longer knows the invalidation connection")
-        return value
+            return super().get(key)
+        finally:
+            self._cache.invalidate((redis_key,))
 
     def get_many(self, keys: Iterable[K], *, use_cache: bool = True) -> dict[K, T | None]:
         """Values of several keys: the cached ones from here, the rest in one round trip."""
@@ -166,35 +167,54 @@ class _CachedRedisStorage(RedisStorage[T]):
         return {key: found[key] for key in key_list}
 
     def _fill(self, wanted: dict[K, bytes]) -> dict[K, T | None]:
-        cluster = self._cluster
-        nodes: list[str] | None = None
+        cache, setup, cluster = self._cache, self._setup, self._cluster is not None
+        values: dict[K, T | None] = {}
+        redirected: list[K] = []
         try:
-            if cluster is None:
-                tracking: Any = self._stream.ensure()
-            else:
-                owners = cache_ops.owners(self._client, wanted)
-                tracking = [cluster.for_node(node).ensure() for node in owners]
-                nodes = [node.name for node in owners]
+            if self._broadcast:  # the streams track the prefix: any connection will do
+                for stream, _ in self._streams_of(wanted):
+                    stream.ensure()
+                filling = cache_ops.fill_request(cache, wanted, per_key=False)
+                try:
+                    replies = self._driver.round_trip(filling.step)
+                except BaseException:
+                    cache_ops.fill_abandon(cache, filling)
+                    raise
+                values, redirected = cache_ops.fill_reply(setup, cache, filling, replies, cluster)
+            else:  # each read opts in to tracking over its stream's fill connection
+                for stream, part in self._streams_of(wanted):
+                    stream.ensure()
+                    filling = cache_ops.fill_request(cache, part, per_key=True)
+                    try:
+                        replies = stream.fill(filling.commands)
+                    except BaseException:
+                        cache_ops.fill_abandon(cache, filling)
+                        raise
+                    got, moved = cache_ops.fill_reply(setup, cache, filling, replies, cluster)
+                    values.update(got)
+                    redirected += moved
         except TrackingUnavailable:
-            return super().get_many(list(wanted))
-        if self._broadcast:
-            tracking = None
-        verify = None if cluster is not None else self._stream.name
-        filling = cache_ops.fill_request(self._cache, wanted, tracking, nodes, verify)
-        try:
-            replies = self._driver.round_trip(filling.step)
-        except BaseException:
-            cache_ops.fill_abandon(self._cache, filling)
-            raise
-        node_of = None if cluster is None else functools.partial(cache_ops.owner_name, self._client)
-        values, known, redirected = cache_ops.fill_reply(
-            self._setup, self._cache, filling, replies, node_of
-        )
-        if not known:
-            self._stream.reset("the server no longer knows the invalidation connection")
+            return self._read_many_past(wanted, list(wanted))
         if redirected:  # the slot moved meanwhile: read those where they are now, uncached
-            values.update(super().get_many(redirected))
+            values.update(self._read_many_past(wanted, redirected))
         return values
+
+    def _read_many_past(self, wanted: dict[K, bytes], keys: list[K]) -> dict[K, T | None]:
+        """`_read_past` for several keys."""
+        try:
+            return super().get_many(keys)
+        finally:
+            self._cache.invalidate([wanted[key] for key in keys])
+
+    def _streams_of(self, wanted: dict[K, bytes]) -> list[tuple[Any, dict[K, bytes]]]:
+        """The stream of each key's server (a cluster: its master), with its keys."""
+        cluster = self._cluster
+        if cluster is None:
+            return [(self._stream, wanted)]
+        return [
+            (cluster.for_node(node), part)
+            for node, part in cache_ops.by_owner(self._client, wanted)
+        ]
 
     def local_cache_stats(self) -> CacheStats | None:
         """Hits, misses, invalidations, evictions, flushes and entries of the local cache."""
@@ -219,9 +239,7 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
         if isinstance(client, AsyncRedisCluster):
             self._cluster = self._stream = AsyncClusterStreams(self._cache, prefix)
         else:
-            pool = client.connection_pool
-            verify = isinstance(pool, AsyncSentinelConnectionPool)
-            self._stream = AsyncInvalidationStream(pool, self._cache, prefix, verify=verify)
+            self._stream = AsyncInvalidationStream(client.connection_pool, self._cache, prefix)
 
     async def get(self, key: Key, *, use_cache: bool = True) -> T | None:
         """See the blocking adapter's `get`."""
@@ -233,24 +251,23 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
             value = cache_ops.cached_value(setup, self._cache, key, redis_key)
             if value is not cache_ops.MISSING:
                 return value  # type: ignore[no-any-return]
-        if self._cluster is not None or self._stream.name is not None:
+        if self._cluster is not None or self._broadcast:
             return (await self._fill({key: redis_key}))[key]
+        cache, stream = self._cache, self._stream
         try:
-            client_id = await self._stream.ensure()
+            await stream.ensure()
+            commands, fill = cache_ops.fill_one_request(cache, redis_key)
+            try:
+                replies = await stream.fill(commands)
+            except BaseException:
+                cache.abandon_fill(fill)
+                raise
         except TrackingUnavailable:
-            return await super().get(key)
-        cache = self._cache
-        step, fill = cache_ops.fill_one_request(cache, redis_key, client_id, self._broadcast)
-        try:
-            replies = await self._driver.round_trip(step)
-        except BaseException:
-            cache.abandon_fill(fill)
-            raise
-        outcome = cache_ops.fill_one_reply(self._setup, cache, key, fill, replies)
-        value, known = outcome
-        if not known:
-            self._stream.reset("the server no longer knows the invalidation connection")
-        return value
+            try:
+                return await super().get(key)
+            finally:
+                cache.invalidate((redis_key,))  # see the blocking adapter's `_read_past`
+        return cache_ops.fill_one_reply(self._setup, cache, key, fill, replies)
 
     async def get_many(self, keys: Iterable[K], *, use_cache: bool = True) -> dict[K, T | None]:
         """See the blocking adapter's `get_many`."""
@@ -263,36 +280,56 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
         return {key: found[key] for key in key_list}
 
     async def _fill(self, wanted: dict[K, bytes]) -> dict[K, T | None]:
-        cluster = self._cluster
-        nodes: list[str] | None = None
+        cache, setup, cluster = self._cache, self._setup, self._cluster is not None
+        values: dict[K, T | None] = {}
+        redirected: list[K] = []
         try:
-            if cluster is None:
-                tracking: Any = await self._stream.ensure()
-            else:
-                await self._client.initialize()  # the slot map (a no-op once loaded)
-                owners = cache_ops.owners(self._client, wanted)
-                tracking = [await cluster.for_node(node).ensure() for node in owners]
-                nodes = [node.name for node in owners]
+            streams = await self._streams_of(wanted)
+            if self._broadcast:  # the streams track the prefix: any connection will do
+                for stream, _ in streams:
+                    await stream.ensure()
+                filling = cache_ops.fill_request(cache, wanted, per_key=False)
+                try:
+                    replies = await self._driver.round_trip(filling.step)
+                except BaseException:
+                    cache_ops.fill_abandon(cache, filling)
+                    raise
+                values, redirected = cache_ops.fill_reply(setup, cache, filling, replies, cluster)
+            else:  # each read opts in to tracking over its stream's fill connection
+                for stream, part in streams:
+                    await stream.ensure()
+                    filling = cache_ops.fill_request(cache, part, per_key=True)
+                    try:
+                        replies = await stream.fill(filling.commands)
+                    except BaseException:
+                        cache_ops.fill_abandon(cache, filling)
+                        raise
+                    got, moved = cache_ops.fill_reply(setup, cache, filling, replies, cluster)
+                    values.update(got)
+                    redirected += moved
         except TrackingUnavailable:
-            return await super().get_many(list(wanted))
-        if self._broadcast:
-            tracking = None
-        verify = None if cluster is not None else self._stream.name
-        filling = cache_ops.fill_request(self._cache, wanted, tracking, nodes, verify)
-        try:
-            replies = await self._driver.round_trip(filling.step)
-        except BaseException:
-            cache_ops.fill_abandon(self._cache, filling)
-            raise
-        node_of = None if cluster is None else functools.partial(cache_ops.owner_name, self._client)
-        values, known, redirected = cache_ops.fill_reply(
-            self._setup, self._cache, filling, replies, node_of
-        )
-        if not known:
-            self._stream.reset("the server no longer knows the invalidation connection")
+            return await self._read_many_past(wanted, list(wanted))
         if redirected:  # the slot moved meanwhile: read those where they are now, uncached
-            values.update(await super().get_many(redirected))
+            values.update(await self._read_many_past(wanted, redirected))
         return values
+
+    async def _read_many_past(self, wanted: dict[K, bytes], keys: list[K]) -> dict[K, T | None]:
+        """See the blocking adapter's `_read_past`."""
+        try:
+            return await super().get_many(keys)
+        finally:
+            self._cache.invalidate([wanted[key] for key in keys])
+
+    async def _streams_of(self, wanted: dict[K, bytes]) -> list[tuple[Any, dict[K, bytes]]]:
+        """See the blocking adapter's `_streams_of`."""
+        cluster = self._cluster
+        if cluster is None:
+            return [(self._stream, wanted)]
+        await self._client.initialize()  # the slot map (a no-op once loaded)
+        return [
+            (cluster.for_node(node), part)
+            for node, part in cache_ops.by_owner(self._client, wanted)
+        ]
 
     def local_cache_stats(self) -> CacheStats | None:
         """See the blocking adapter's `local_cache_stats`."""

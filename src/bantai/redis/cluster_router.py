@@ -30,15 +30,6 @@ def first_key(command: Command) -> bytes | None:
     return command[1]  # type: ignore[return-value]
 
 
-def _attached_key(commands: Sequence[Command], index: int) -> bytes | None:
-    """A CLIENT command (TRACKING, CACHING) goes with the read that follows it: they set up
-    that very connection for it. The key of the first following keyed command."""
-    for command in commands[index + 1 :]:
-        if command[0] != b"CLIENT":
-            return first_key(command)
-    return None
-
-
 class ClusterRouter:
     """A `round_trip.Router` over a redis-py cluster client's slot map."""
 
@@ -56,8 +47,6 @@ class ClusterRouter:
         node_for_slot = slot_lookup(self.client)
         for index in indices:
             key = first_key(commands[index])
-            if commands[index][0] == b"CLIENT":
-                key = _attached_key(commands, index)
             node = self.client.get_default_node() if key is None else node_for_slot(key_slot(key))
             routes.setdefault(node.name, (node, []))[1].append(index)
         return list(routes.values())

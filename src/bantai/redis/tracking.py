@@ -1,12 +1,19 @@
 """The invalidation stream of a local cache, blocking flavour: one dedicated connection
 to the server that receives Redis client-tracking invalidation messages.
 
-Reads that fill the cache are sent with ``CLIENT TRACKING ON REDIRECT <id> OPTIN`` and
-``CLIENT CACHING YES`` in front, on whatever connection the driver picks, so the server
-sends the messages for every key they read to this one connection (``REDIRECT`` works
-with RESP2, where the connection subscribes to ``__redis__:invalidate``, and with RESP3,
-where the messages are push replies). With `broadcast`, this connection itself asks for
-every key under the prefix (``BCAST PREFIX``) and the reads need nothing in front.
+Reads that fill the cache go over a second connection of the stream's own, the *fill
+connection*, set up once with ``CLIENT TRACKING ON REDIRECT <stream id> OPTIN`` (after
+checking with ``CLIENT LIST ID`` that the id is the stream's connection on that server),
+each read with ``CLIENT CACHING YES`` in front. The server then sends the messages for
+every key read there to the stream (``REDIRECT`` works with RESP2, where the stream
+subscribes to ``__redis__:invalidate``, and with RESP3, where the messages are push
+replies). Redis files a tracked key under the connection that read it and forgets it
+when that connection closes, silently: so the reads must not go over pool connections,
+which the pool or the server (``timeout``, ``CLIENT KILL``) may close at any time, but
+over one whose closing is seen — a lookup notices it like the stream's and drops
+everything. With `broadcast`, the stream itself asks for every key under the prefix
+(``BCAST PREFIX``), the reads need nothing in front and go over the driver's
+connections.
 
 No thread reads it. Messages wait in the socket until the next cache lookup, which first
 asks the kernel whether any arrived (one ``poll()`` with a zero timeout, ~0.3 µs) and
@@ -22,15 +29,18 @@ import contextlib
 import logging
 import os
 import select
+import socket
 import ssl
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bantai.redis._compat import sync_socket
 from bantai.redis.local_cache import LocalCache
-from bantai.redis.speedups import pack_commands
+from bantai.redis.speedups import Wire, pack_commands
 
 log = logging.getLogger("bantai")
 
@@ -83,33 +93,44 @@ def connection_name() -> bytes:
     return b"bantai-cache-" + os.urandom(8).hex().encode()
 
 
-def readiness(sock: Any) -> Any:
-    """An object whose `poll(0)` is truthy when `sock` has bytes to read: a `select.poll`
-    (one syscall), or where there is none (Windows) the same through `select.select`."""
+def readiness(*socks: Any) -> Any:
+    """An object whose `poll(0)` lists `(fd, events)` for each of `socks` with bytes to
+    read: a `select.poll` (one syscall), or where there is none (Windows) the same through
+    `select.select`."""
     if hasattr(select, "poll"):
         poller = select.poll()
-        poller.register(sock, select.POLLIN)
+        for sock in socks:
+            poller.register(sock, select.POLLIN)
         return poller
-    return _SelectReadiness(sock)
+    return _SelectReadiness(socks)
 
 
 class _SelectReadiness:
-    __slots__ = ("_sock",)
+    __slots__ = ("_socks",)
 
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
+    def __init__(self, socks: tuple[Any, ...]) -> None:
+        self._socks = socks
 
-    def poll(self, timeout: int) -> bool:
-        return bool(select.select((self._sock,), (), (), timeout)[0])
+    def poll(self, timeout: int) -> list[tuple[int, int]]:
+        ready = select.select(self._socks, (), (), timeout)[0]
+        return [(sock if isinstance(sock, int) else sock.fileno(), 1) for sock in ready]
 
 
-def fill_prefix(client_id: int) -> list[tuple[Any, ...]]:
-    """The command in front of a fill's reads (per-key tracking): tracking on, towards the
-    stream's connection, for reads that opt in (each read then follows a
-    ``CLIENT CACHING YES``). Sent with every fill, so a connection that was opened, or
-    whose tracking pointed elsewhere, since the last fill is set right in the same round
-    trip."""
-    return [(b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", client_id, b"OPTIN")]
+def fill_setup(client_id: int, name: bytes) -> list[tuple[Any, ...]]:
+    """What the fill connection sends once connected: whose is `client_id` on this
+    server (it must be the stream's connection, called `name`), then tracking on, towards
+    the stream, for reads that opt in (each read follows a ``CLIENT CACHING YES``)."""
+    return [
+        (b"CLIENT", b"LIST", b"ID", client_id),
+        (b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", client_id, b"OPTIN"),
+    ]
+
+
+def describes(client_list: Any, name: bytes) -> bool:
+    """Whether a `CLIENT LIST ID` reply describes the connection called `name`."""
+    if isinstance(client_list, str):
+        client_list = client_list.encode()
+    return isinstance(client_list, bytes) and b" name=" + name + b" " in client_list
 
 
 class TrackingUnavailable(Exception):
@@ -124,6 +145,9 @@ class InvalidationStream:
         "_broadcast_prefix",
         "_cache",
         "_conn",
+        "_fill",
+        "_fill_fd",
+        "_fill_lock",
         "_lock",
         "_poll",
         "_pool",
@@ -139,13 +163,14 @@ class InvalidationStream:
         pool: Any,
         cache: LocalCache,
         broadcast_prefix: bytes | None,
-        *,
-        verify: bool = False,
     ) -> None:
         self._pool = pool
-        # verify: the connection gets a unique name that fills check (see cache_ops).
-        self.name = connection_name() if verify else None
+        # A unique connection name, which the fill connection checks behind the id.
+        self.name = connection_name()
         self._cache = cache
+        self._fill: Wire | None = None  # per-key tracking: the fill connection
+        self._fill_fd = -1
+        self._fill_lock = threading.Lock()
         self._broadcast_prefix = broadcast_prefix
         self._lock = threading.Lock()
         self._conn: Any = None
@@ -165,10 +190,26 @@ class InvalidationStream:
         try:
             ready = poller.poll(0)
         except RuntimeError:  # another thread is in poll() on this object right now
+            ready = [(-2, 0)]  # look at both under the lock
+        fill_fd = self._fill_fd
+        # The fill connection is idle, yet readable: the server closed it (idle `timeout`,
+        # CLIENT KILL), and with it forgot every key it tracked for us. Idle means: its
+        # lock is free (taken here, without waiting, so no fill starts while we look).
+        if (
+            ready
+            and fill_fd >= 0
+            and any(fd in (fill_fd, -2) for fd, _ in ready)
+            and self._fill_lock.acquire(blocking=False)
+        ):
             try:
-                ready = select.select((sock,), (), (), 0)[0]
-            except (OSError, ValueError):  # closed meanwhile: drain() sees it
-                ready = True
+                closed = _closed(self._fill)
+            finally:
+                self._fill_lock.release()
+            if closed:
+                with self._lock:
+                    if self._fill_fd == fill_fd:
+                        self._broken("the server closed the fill connection")
+                return
         # `locked()`: another thread may have read messages off the socket and not yet
         # applied them (the socket then looks empty): wait for it to finish.
         if ready or self._lock.locked() or (self._tls and sock.pending()):
@@ -221,6 +262,7 @@ class InvalidationStream:
     def _connect(self) -> None:
         pool = self._pool
         conn = pool.connection_class(**pool.connection_kwargs)
+        fill: Wire | None = None
         try:
             conn.connect()
             sock = sync_socket(conn)
@@ -231,12 +273,27 @@ class InvalidationStream:
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
+            if prefix is None:
+                fill = Wire(pool.connection_class(**pool.connection_kwargs))
+                fill.conn.connect()
+                whose, tracking = fill.exchange(fill_setup(client_id, self.name))
+                if isinstance(tracking, Exception):
+                    raise tracking
+                if not describes(whose, self.name):
+                    raise ConnectionError("the fill connection reached another server")
         except Exception as exc:
             conn.disconnect()
+            if fill is not None:
+                fill.conn.disconnect()
             log.warning("local cache unavailable, reading from Redis: %s", exc)
             raise TrackingUnavailable(str(exc)) from exc
         sock.setblocking(False)
-        poller = readiness(sock)
+        if fill is None:
+            poller = readiness(sock)
+        else:
+            fill_sock = sync_socket(fill.conn)
+            poller = readiness(sock, fill_sock)
+            self._fill, self._fill_fd = fill, fill_sock.fileno()
         self._conn, self._sock, self._reader, self._poll = conn, sock, reader, poller
         self._tls = isinstance(sock, ssl.SSLSocket)
         # Nothing to drop: when a stream breaks the cache is emptied and the epoch moves on
@@ -260,25 +317,63 @@ class InvalidationStream:
                 replies.append(reply)  # error replies come back as ReplyError instances
         return replies
 
+    def fill(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send a fill's reads over the fill connection, one reply each (raises
+        `TrackingUnavailable` when it fails: everything is dropped, read from Redis)."""
+        with self._fill_lock:
+            fill = self._fill
+            if fill is None:
+                raise TrackingUnavailable("the stream is not connected")
+            try:
+                return fill.exchange(commands)
+            except BaseException as exc:
+                with self._lock:
+                    if self._fill is fill:
+                        self._broken(f"the fill connection failed: {exc!r}")
+                if isinstance(exc, RedisConnectionError):
+                    # Read from Redis instead (as a driver resends a read once). Not after
+                    # a timeout: that would double the caller's wait.
+                    raise TrackingUnavailable(str(exc)) from exc
+                raise
+
     def reset(self, why: str) -> None:
-        """A fill learned that the server no longer knows this stream (its redirect id is
-        gone): start over."""
+        """Start over (a fill learned the stream cannot be trusted)."""
         with self._lock:
             self._broken(why)
 
     def _close(self) -> None:
-        conn = self._conn
-        self._conn = self._sock = self._reader = self._poll = None
+        conn, fill = self._conn, self._fill
+        self._conn = self._sock = self._reader = self._poll = self._fill = None
+        self._fill_fd = -1
         self.client_id = None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing more to release
-                conn.disconnect()
+        for each in (conn, None if fill is None else fill.conn):
+            if each is not None:
+                with contextlib.suppress(Exception):  # already broken: nothing to release
+                    each.disconnect()
 
     def close(self) -> None:
         """Close the connection (the storage is closing)."""
         with self._lock:
             self._close()
             self._cache.invalidate_all()
+
+
+def _closed(fill: Wire | None) -> bool:
+    """Whether an idle fill connection was closed by the server (readable: EOF, or bytes
+    nobody asked for, which are not to be trusted either)."""
+    if fill is None:
+        return False
+    sock = sync_socket(fill.conn)
+    if sock is None:
+        return True
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except (OSError, ValueError):
+        return True
+    del data  # EOF, or bytes nobody asked for: either way it cannot be trusted
+    return True
 
 
 class ClusterStreams:
@@ -331,7 +426,8 @@ __all__ = [
     "TrackingUnavailable",
     "apply_message",
     "connection_name",
-    "fill_prefix",
+    "describes",
+    "fill_setup",
     "invalidated_keys",
     "setup_commands",
 ]
