@@ -360,20 +360,29 @@ class InvalidationStream:
 
 def _closed(fill: Wire | None) -> bool:
     """Whether an idle fill connection was closed by the server (readable: EOF, or bytes
-    nobody asked for, which are not to be trusted either)."""
+    nobody asked for, which are not to be trusted either). Looks without waiting: the
+    socket's own timeout is set aside meanwhile."""
     if fill is None:
         return False
     sock = sync_socket(fill.conn)
     if sock is None:
         return True
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
     try:
-        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, ssl.SSLWantReadError):
+        if isinstance(sock, ssl.SSLSocket):
+            # TLS records that carry no data (a session ticket) are read and dropped here;
+            # application data from an idle connection means it cannot be trusted.
+            sock.recv(1)
+        else:
+            sock.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
         return False
     except (OSError, ValueError):
         return True
-    del data  # EOF, or bytes nobody asked for: either way it cannot be trusted
-    return True
+    finally:
+        sock.settimeout(timeout)
+    return True  # EOF, or bytes nobody asked for
 
 
 class ClusterStreams:
