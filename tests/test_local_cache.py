@@ -811,3 +811,37 @@ def test_a_read_timing_out_elsewhere_does_not_lose_invalidations(
     finally:
         storage.close()
         other.close()
+
+
+@pytest.mark.parametrize("socket_timeout", [None, 5.0])
+def test_concurrent_misses_do_not_mistake_the_fill_connection_for_closed(
+    redis_server: LocalRedisServer, socket_timeout: float | None
+) -> None:
+    """Lookups check whether the idle fill connection was closed; with fills in flight on
+    other threads (and a socket timeout set) that check must neither wait nor see a close
+    that did not happen."""
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=socket_timeout)
+    storage = create_redis_storage(
+        {"client": client}, int, {"prefix": unique_prefix(), "local_cache": {"max_entries": 1}}
+    )
+    try:
+        storage.set_many({"a": 1, "b": 2})
+        errors: list[BaseException] = []
+
+        def misses(i: int) -> None:
+            try:
+                for j in range(600):  # one entry, two keys in turn: (nearly) all misses
+                    key = "ab"[(i + j) % 2]
+                    assert storage.get(key) == (1 if key == "a" else 2)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=misses, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors
+        assert storage.local_cache_stats().flushes == 0
+    finally:
+        storage.close()
