@@ -688,7 +688,7 @@ def _try_commands(client: redis.Redis, value: bytes, lock: bytes) -> dict[str, s
 
 def local_cache_check(node: Node, settings: Settings) -> Check:
     """Could the `local_cache` option work for this user? It sends CLIENT ID / TRACKING /
-    CACHING / LIST, SUBSCRIBEs to the invalidation channel and reads PTTL (`ACL DRYRUN`;
+    CACHING / LIST / SETNAME, SUBSCRIBEs to the invalidation channel and reads PTTL (`ACL DRYRUN`;
     informational: without them the cache stays empty and reads go to Redis)."""
     probe = node.probe or _probe_key()
     value = node.layout.value_key(probe)
@@ -697,6 +697,7 @@ def local_cache_check(node: Node, settings: Settings) -> Check:
         ("CLIENT TRACKING", ("CLIENT", "TRACKING", "ON", "REDIRECT", "1", "OPTIN")),
         ("CLIENT CACHING", ("CLIENT", "CACHING", "YES")),
         ("CLIENT LIST", ("CLIENT", "LIST", "ID", "1")),
+        ("CLIENT SETNAME", ("CLIENT", "SETNAME", "bantai-doctor")),
         ("SUBSCRIBE", ("SUBSCRIBE", "__redis__:invalidate")),
         ("PTTL", ("PTTL", value)),
     ]
