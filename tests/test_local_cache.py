@@ -22,7 +22,9 @@ from redis.crc import key_slot
 from redis.sentinel import Sentinel
 
 from bantai import (
+    InvalidKeyError,
     InvalidOptionError,
+    StorageClosedError,
     create_async_redis_storage,
     create_redis_storage,
     rate_limit,
@@ -556,7 +558,12 @@ def test_a_user_without_tracking_rights_reads_uncached(
         admin.set("p:a", 2)
         assert storage.get("a") == 2  # never cached: always read from Redis
         assert storage.local_cache_stats().entries == 0
-        assert "local cache unavailable" in caplog.text
+        for _ in range(5):
+            assert storage.get("a") == 2
+        # One warning, and no new connection per miss: a refusal is not retried at once.
+        assert caplog.text.count("local cache unavailable") == 1
+        clients = admin.client_list()
+        assert len([c for c in clients if c.get("user") == "app"]) <= 2
     finally:
         storage.close()
         admin.close()
@@ -845,3 +852,58 @@ def test_concurrent_misses_do_not_mistake_the_fill_connection_for_closed(
         assert storage.local_cache_stats().flushes == 0
     finally:
         storage.close()
+
+
+# --- found by a review -----------------------------------------------------------------------
+
+
+def test_a_closed_cached_storage_refuses_calls(make: Make) -> None:
+    storage = make()
+    storage.set("a", {"x": 1})
+    assert storage.get("a") == {"x": 1}
+    assert storage.get("a") == {"x": 1}
+    storage.close()
+    with pytest.raises(StorageClosedError):
+        storage.get("a")
+    with pytest.raises(StorageClosedError):
+        storage.get_many(["a"])
+
+
+def test_fixed_window_decisions_are_read_back_at_once(make: Make) -> None:
+    limits = make(schema=rate_limit_schema)
+    config: Any = {"type": "fixed-window", "limit": 100, "period": "1h", "key": "u"}
+    first = rate_limit.consume(limits, config)
+    other = other_client(limits)
+    try:
+        (stored,) = other.keys(f"{limits.options.prefix}*")
+    finally:
+        other.close()
+    window_key = stored.decode().removeprefix(limits.options.prefix)
+    assert window_key.startswith("u:")  # the window's own key
+    for _ in range(5):
+        limits.get(window_key)  # cached
+        rate_limit.consume(limits, config)
+        assert limits.get(window_key) == limits.get(window_key, use_cache=False)
+    assert first.allowed
+
+
+def test_batch_writes_in_every_form_are_read_back_at_once(make: Make) -> None:
+    storage = make()
+    storage.set_many({"a": {"x": 1}, "b": {"x": 1}})
+    storage.get_many(["a", "b"])
+    storage.set_many(items={"a": {"x": 2}})
+    assert storage.get("a") == {"x": 2}
+    storage.set_many([["b", {"x": 3}]])  # pairs as lists
+    assert storage.get("b") == {"x": 3}
+    storage.delete_many(keys=["a"])
+    assert storage.get("a") is None
+    storage.update_many(keys=iter(["b"]), updater=lambda k, v: {"value": {"x": 4}})
+    assert storage.get("b") == {"x": 4}
+
+
+def test_a_single_key_is_not_taken_for_a_batch(make: Make) -> None:
+    storage = make()
+    storage.set_many({"a": {"x": 1}, "b": {"x": 1}, "c": {"x": 1}})
+    with pytest.raises(InvalidKeyError):
+        storage.delete_many("abc")
+    assert storage.get_many(["a", "b", "c"]) == {k: {"x": 1} for k in "abc"}

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bantai.errors import StorageClosedError
 from bantai.redis._compat import async_transport
 from bantai.redis.async_driver import Channel
 from bantai.redis.local_cache import LocalCache
@@ -32,6 +34,7 @@ from bantai.redis.tracking import (
     describes,
     fill_setup,
     readiness,
+    retry_after,
     setup_commands,
 )
 
@@ -96,6 +99,9 @@ class AsyncInvalidationStream:
         self._fill_fd = -1
         self._poll: Any = None
         self._opening: asyncio.Future[int] | None = None
+        self._shut = False  # closed with the storage: for good
+        self._retry_at = 0.0  # after a failed connect, no new attempt before this
+        self._warned = False
         self.client_id: int | None = None
 
     def caught_up(self) -> bool:
@@ -125,9 +131,14 @@ class AsyncInvalidationStream:
         tasks that need it; raises `TrackingUnavailable`)."""
         if self.client_id is not None:
             return self.client_id
+        if self._shut:
+            raise StorageClosedError("this storage was closed")
         opening = self._opening
         if opening is None:
+            if time.monotonic() < self._retry_at:
+                raise TrackingUnavailable("tracking failed a moment ago; not retried yet")
             opening = self._opening = asyncio.ensure_future(self._connect())
+            opening.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(opening)
         finally:
@@ -161,12 +172,23 @@ class AsyncInvalidationStream:
                     raise tracking
                 if not describes(whose, self.name):
                     raise ConnectionError("the fill connection reached another server")
-        except Exception as exc:
+        except BaseException as exc:
             await _disconnect(conn)
             if fill_conn is not None:
                 await _disconnect(fill_conn)
-            log.warning("local cache unavailable, reading from Redis: %s", exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: nothing to report
+            self._retry_at = time.monotonic() + retry_after(exc)
+            if not self._warned:  # once, until the cache works again
+                self._warned = True
+                log.warning("local cache unavailable, reading from Redis: %s", exc)
             raise TrackingUnavailable(str(exc)) from exc
+        if self._shut:  # the storage was closed while this connected
+            transport.close()
+            if fill is not None:
+                fill.close()
+            raise StorageClosedError("this storage was closed")
+        self._warned = False
         fds = [transport.get_extra_info("socket").fileno()]
         if fill is not None:
             self._fill_fd = fill.transport.get_extra_info("socket").fileno()
@@ -216,7 +238,8 @@ class AsyncInvalidationStream:
         self.cache.invalidate_all()
 
     def close(self) -> None:
-        """Close the connections (the storage is closing)."""
+        """Close the connections (the storage is closing): for good."""
+        self._shut = True
         self.reset("the storage was closed")
 
 
@@ -226,6 +249,7 @@ class AsyncClusterStreams:
     def __init__(self, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
         self._cache = cache
         self._broadcast_prefix = broadcast_prefix
+        self._shut = False
         self.streams: dict[str, AsyncInvalidationStream] = {}
 
     def caught_up(self) -> bool:
@@ -237,6 +261,8 @@ class AsyncClusterStreams:
         arguments), created on first use."""
         stream = self.streams.get(node.name)
         if stream is None:
+            if self._shut:
+                raise StorageClosedError("this storage was closed")
             stream = AsyncInvalidationStream(node, self._cache, self._broadcast_prefix)
             self.streams[node.name] = stream
         return stream
@@ -247,9 +273,15 @@ class AsyncClusterStreams:
             stream.reset(why)
 
     def close(self) -> None:
-        """Close every stream."""
+        """Close every stream, for good."""
+        self._shut = True
         for stream in list(self.streams.values()):
             stream.close()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # a connect nobody waits for any more: its failure is seen
 
 
 async def _disconnect(conn: Any) -> None:

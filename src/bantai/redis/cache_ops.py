@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 from redis.crc import key_slot
 from redis.exceptions import AskError
 
+from bantai.ratelimit.algorithms import state_key
 from bantai.redis import operations as ops
 from bantai.redis._compat import slot_lookup
 from bantai.redis.local_cache import Fill, LocalCache
@@ -169,17 +170,30 @@ def redis_keys(setup: ops.Setup[T], keys: Iterable[Key]) -> list[bytes]:
 
 
 def written_keys(items: Any) -> tuple[Any, list[Any]]:
-    """`set_many`'s items made re-iterable, and their keys."""
+    """`set_many`'s items made re-iterable, and their keys (a pair may be a tuple or a
+    list; anything else is left for the write to refuse)."""
     if isinstance(items, Mapping):
         return items, list(items)
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        return items, []
     pairs = list(items)
-    return pairs, [pair[0] for pair in pairs if isinstance(pair, tuple) and pair]
+    return pairs, [p[0] for p in pairs if isinstance(p, (tuple, list)) and len(p) == 2]
+
+
+def consumed_keys(setup: ops.Setup[T], config: Any, key: str, now_ms: int) -> list[bytes]:
+    """The Redis key a rate-limit decision at `now_ms` writes (its state key: the key, or
+    for a fixed window the window's)."""
+    try:
+        return [setup.layout.value_key(encode_key(state_key(config, key, now_ms)))]
+    except Exception:  # the decision itself refuses a bad key before sending
+        return []
 
 
 __all__ = [
     "MISSING",
     "Filling",
     "cached_value",
+    "consumed_keys",
     "fill_abandon",
     "fill_one_reply",
     "fill_one_request",

@@ -10,6 +10,7 @@ before it is sent and again when it is done (so a caller reads its own writes at
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -38,17 +39,24 @@ def _one(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Extracted:
 
 
 def _keys(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Extracted:
-    if not args:
-        return args, []
-    keys = list(args[0]) if isinstance(args[0], Iterable) else args[0]
-    return (keys, *args[1:]), keys if isinstance(keys, list) else []
+    keys = args[0] if args else kwargs.get("keys")
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+        return args, []  # not an iterable of keys: the write refuses it
+    keys = list(keys)  # an iterator is read once, here, and handed on as a list
+    if args:
+        return (keys, *args[1:]), keys
+    kwargs["keys"] = keys
+    return args, keys
 
 
 def _items(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Extracted:
-    if not args:
-        return args, []
-    items, keys = cache_ops.written_keys(args[0])
-    return (items, *args[1:]), keys
+    if args:
+        items, keys = cache_ops.written_keys(args[0])
+        return (items, *args[1:]), keys
+    if "items" in kwargs:
+        kwargs["items"], keys = cache_ops.written_keys(kwargs["items"])
+        return args, keys
+    return args, []
 
 
 WRITES: dict[str, Callable[[tuple[Any, ...], dict[str, Any]], Extracted]] = {
@@ -59,7 +67,6 @@ WRITES: dict[str, Callable[[tuple[Any, ...], dict[str, Any]], Extracted]] = {
     "set_many": _items,
     "delete_many": _keys,
     "update_many": _keys,
-    "_bantai_consume": _one,
 }
 
 
@@ -76,6 +83,50 @@ def _sync_write(method: Callable[..., Any], extract: Callable[..., Extracted]) -
             cache.invalidate(redis_keys)
 
     return write
+
+
+def _sync_consume(method: Callable[..., Any]) -> Any:
+    @functools.wraps(method)
+    def consume(self: Any, config: Any, key: str, cost: int, now: int) -> Any:
+        # The state key: for a fixed window the window's, as this clock names it before,
+        # and as the decision (the server's clock) named it after.
+        setup, cache = self._setup, self._cache
+        guessed = cache_ops.consumed_keys(setup, config, key, now or time.time_ns() // 10**6)
+        cache.invalidate(guessed)
+        result = None
+        try:
+            result = method(self, config, key, cost, now)
+            return result
+        finally:
+            decided = (
+                []
+                if result is None
+                else cache_ops.consumed_keys(setup, config, key, result.decided_at)
+            )
+            cache.invalidate(guessed + decided)
+
+    return consume
+
+
+def _async_consume(method: Callable[..., Any]) -> Any:
+    @functools.wraps(method)
+    async def consume(self: Any, config: Any, key: str, cost: int, now: int) -> Any:
+        setup, cache = self._setup, self._cache  # see _sync_consume
+        guessed = cache_ops.consumed_keys(setup, config, key, now or time.time_ns() // 10**6)
+        cache.invalidate(guessed)
+        result = None
+        try:
+            result = await method(self, config, key, cost, now)
+            return result
+        finally:
+            decided = (
+                []
+                if result is None
+                else cache_ops.consumed_keys(setup, config, key, result.decided_at)
+            )
+            cache.invalidate(guessed + decided)
+
+    return consume
 
 
 def _async_write(method: Callable[..., Any], extract: Callable[..., Extracted]) -> Any:
@@ -271,9 +322,16 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
 
     async def get_many(self, keys: Iterable[K], *, use_cache: bool = True) -> dict[K, T | None]:
         """See the blocking adapter's `get_many`."""
-        if not use_cache or not self._stream.caught_up():
-            # Messages are waiting for the event loop: read everything from Redis.
+        if not use_cache:
             return await super().get_many(keys)
+        if not self._stream.caught_up():
+            # Messages are waiting for the event loop: read everything from Redis, then
+            # drop the keys (see the blocking adapter's `_read_past`).
+            key_list = list(keys)
+            try:
+                return await super().get_many(key_list)
+            finally:
+                self._cache.invalidate(cache_ops.redis_keys(self._setup, key_list))
         key_list, found, missing = cache_ops.look_up_many(self._setup, self._cache, keys)
         if missing:
             found.update(await self._fill(missing))
@@ -341,21 +399,24 @@ class _CachedAsyncRedisStorage(AsyncRedisStorage[T]):
         await super().close()
 
 
-def _with_writes(cls: type, wrap: Callable[..., Any], name: str) -> type:
+def _with_writes(
+    cls: type, wrap: Callable[..., Any], consume: Callable[..., Any], name: str
+) -> type:
     namespace: dict[str, Any] = {"__doc__": cls.__doc__}
     if "__slots__" in vars(cls):
         namespace["__slots__"] = ()
     for method_name, extract in WRITES.items():
         namespace[method_name] = wrap(getattr(cls, method_name), extract)
+    namespace["_bantai_consume"] = consume(cls._bantai_consume)  # type: ignore[attr-defined]
     return type(name, (cls,), namespace)
 
 
 CachedRedisStorage: type[RedisStorage[Any]] = _with_writes(
-    _CachedRedisStorage, _sync_write, "CachedRedisStorage"
+    _CachedRedisStorage, _sync_write, _sync_consume, "CachedRedisStorage"
 )
 CachedRedisStorage.__doc__ = "`RedisStorage` with a local cache (see `bantai.redis.cached`)."
 CachedAsyncRedisStorage: type[AsyncRedisStorage[Any]] = _with_writes(
-    _CachedAsyncRedisStorage, _async_write, "CachedAsyncRedisStorage"
+    _CachedAsyncRedisStorage, _async_write, _async_consume, "CachedAsyncRedisStorage"
 )
 CachedAsyncRedisStorage.__doc__ = (
     "`AsyncRedisStorage` with a local cache (see `bantai.redis.cached`)."

@@ -32,12 +32,14 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bantai.errors import StorageClosedError
 from bantai.redis._compat import sync_socket
 from bantai.redis.local_cache import LocalCache
 from bantai.redis.speedups import Wire, pack_commands
@@ -86,6 +88,12 @@ def setup_commands(
         )  # fmt: skip
     commands.append((b"SUBSCRIBE", CHANNEL))
     return commands
+
+
+def retry_after(error: BaseException) -> float:
+    """Seconds before a failed stream is tried again: a refusal (ACL, an old server) will
+    not change soon; an unreachable server may be back in a moment."""
+    return 1.0 if isinstance(error, (OSError, RedisConnectionError)) else 30.0
 
 
 def connection_name() -> bytes:
@@ -152,8 +160,11 @@ class InvalidationStream:
         "_poll",
         "_pool",
         "_reader",
+        "_retry_at",
+        "_shut",
         "_sock",
         "_tls",
+        "_warned",
         "client_id",
         "name",
     )
@@ -171,6 +182,9 @@ class InvalidationStream:
         self._fill: Wire | None = None  # per-key tracking: the fill connection
         self._fill_fd = -1
         self._fill_lock = threading.Lock()
+        self._shut = False  # closed with the storage: for good
+        self._retry_at = 0.0  # after a failed connect, no new attempt before this
+        self._warned = False
         self._broadcast_prefix = broadcast_prefix
         self._lock = threading.Lock()
         self._conn: Any = None
@@ -254,7 +268,11 @@ class InvalidationStream:
         if client_id is not None:
             return client_id
         with self._lock:
+            if self._shut:
+                raise StorageClosedError("this storage was closed")
             if self.client_id is None:
+                if time.monotonic() < self._retry_at:
+                    raise TrackingUnavailable("tracking failed a moment ago; not retried yet")
                 self._connect()
             assert self.client_id is not None
             return self.client_id
@@ -285,8 +303,12 @@ class InvalidationStream:
             conn.disconnect()
             if fill is not None:
                 fill.conn.disconnect()
-            log.warning("local cache unavailable, reading from Redis: %s", exc)
+            self._retry_at = time.monotonic() + retry_after(exc)
+            if not self._warned:  # once, until the cache works again
+                self._warned = True
+                log.warning("local cache unavailable, reading from Redis: %s", exc)
             raise TrackingUnavailable(str(exc)) from exc
+        self._warned = False
         sock.setblocking(False)
         if fill is None:
             poller = readiness(sock)
@@ -352,8 +374,9 @@ class InvalidationStream:
                     each.disconnect()
 
     def close(self) -> None:
-        """Close the connection (the storage is closing)."""
+        """Close the connections (the storage is closing): for good."""
         with self._lock:
+            self._shut = True
             self._close()
             self._cache.invalidate_all()
 
@@ -367,21 +390,22 @@ def _closed(fill: Wire | None) -> bool:
     sock = sync_socket(fill.conn)
     if sock is None:
         return True
-    timeout = sock.gettimeout()
-    sock.settimeout(0.0)
     try:
-        if isinstance(sock, ssl.SSLSocket):
-            # TLS records that carry no data (a session ticket) are read and dropped here;
-            # application data from an idle connection means it cannot be trusted.
-            sock.recv(1)
-        else:
-            sock.recv(1, socket.MSG_PEEK)
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                # TLS records that carry no data (a session ticket) are read and dropped
+                # here; application data from an idle connection means it is not trusted.
+                sock.recv(1)
+            else:
+                sock.recv(1, socket.MSG_PEEK)
+        finally:
+            sock.settimeout(timeout)
     except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
         return False
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # closed (by the server, or by another thread just now)
         return True
-    finally:
-        sock.settimeout(timeout)
     return True  # EOF, or bytes nobody asked for
 
 
@@ -391,13 +415,14 @@ class ClusterStreams:
     stream, also after its slot moved (the move deletes the key there, which is announced).
     Any stream breaking drops the whole cache."""
 
-    __slots__ = ("_broadcast_prefix", "_cache", "_client", "_lock", "streams")
+    __slots__ = ("_broadcast_prefix", "_cache", "_client", "_lock", "_shut", "streams")
 
     def __init__(self, client: Any, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
         self._client = client
         self._cache = cache
         self._broadcast_prefix = broadcast_prefix
         self._lock = threading.Lock()
+        self._shut = False
         self.streams: dict[str, InvalidationStream] = {}
 
     def catch_up(self) -> None:
@@ -410,6 +435,8 @@ class ClusterStreams:
         stream = self.streams.get(node.name)
         if stream is None:
             with self._lock:
+                if self._shut:
+                    raise StorageClosedError("this storage was closed")
                 stream = self.streams.get(node.name)
                 if stream is None:
                     pool = self._client.get_redis_connection(node).connection_pool
@@ -423,7 +450,9 @@ class ClusterStreams:
             stream.reset(why)
 
     def close(self) -> None:
-        """Close every stream."""
+        """Close every stream, for good."""
+        with self._lock:
+            self._shut = True
         for stream in list(self.streams.values()):
             stream.close()
 
@@ -438,5 +467,6 @@ __all__ = [
     "describes",
     "fill_setup",
     "invalidated_keys",
+    "retry_after",
     "setup_commands",
 ]
