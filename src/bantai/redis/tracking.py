@@ -47,6 +47,9 @@ from bantai.redis.speedups import Wire, pack_commands
 log = logging.getLogger("bantai")
 
 CHANNEL = b"__redis__:invalidate"
+# At most this many fill connections per stream (blocking adapter): concurrent misses
+# beyond them wait for one.
+FILL_LANES = 4
 _READ_SIZE = 65536
 
 
@@ -153,9 +156,8 @@ class InvalidationStream:
         "_broadcast_prefix",
         "_cache",
         "_conn",
-        "_fill",
-        "_fill_fd",
-        "_fill_lock",
+        "_lane_fds",
+        "_lanes",
         "_lock",
         "_poll",
         "_pool",
@@ -179,9 +181,10 @@ class InvalidationStream:
         # A unique connection name, which the fill connection checks behind the id.
         self.name = connection_name()
         self._cache = cache
-        self._fill: Wire | None = None  # per-key tracking: the fill connection
-        self._fill_fd = -1
-        self._fill_lock = threading.Lock()
+        # Per-key tracking: the fill connections ("lanes"), opened as concurrent misses
+        # need them, up to FILL_LANES; each used by one fill at a time.
+        self._lanes: tuple[_Lane, ...] = ()
+        self._lane_fds: dict[int, _Lane] = {}
         self._shut = False  # closed with the storage: for good
         self._retry_at = 0.0  # after a failed connect, no new attempt before this
         self._warned = False
@@ -205,25 +208,25 @@ class InvalidationStream:
             ready = poller.poll(0)
         except RuntimeError:  # another thread is in poll() on this object right now
             ready = [(-2, 0)]  # look at both under the lock
-        fill_fd = self._fill_fd
-        # The fill connection is idle, yet readable: the server closed it (idle `timeout`,
-        # CLIENT KILL), and with it forgot every key it tracked for us. Idle means: its
-        # lock is free (taken here, without waiting, so no fill starts while we look).
-        if (
-            ready
-            and fill_fd >= 0
-            and any(fd in (fill_fd, -2) for fd, _ in ready)
-            and self._fill_lock.acquire(blocking=False)
-        ):
-            try:
-                closed = _closed(self._fill)
-            finally:
-                self._fill_lock.release()
-            if closed:
-                with self._lock:
-                    if self._fill_fd == fill_fd:
-                        self._broken("the server closed the fill connection")
-                return
+        # A fill connection that is idle, yet readable: the server closed it (idle
+        # `timeout`, CLIENT KILL), and with it forgot every key it tracked for us. Idle
+        # means: its lock is free (taken here, without waiting, so no fill starts while
+        # we look).
+        if ready and self._lanes:
+            lane_fds = self._lane_fds
+            for fd, _ in ready:
+                for lane in self._lanes if fd == -2 else (lane_fds.get(fd),):
+                    if lane is None or not lane.lock.acquire(blocking=False):
+                        continue
+                    try:
+                        closed = _closed(lane.wire)
+                    finally:
+                        lane.lock.release()
+                    if closed:
+                        with self._lock:
+                            if lane in self._lanes:
+                                self._broken("the server closed a fill connection")
+                        return
         # `locked()`: another thread may have read messages off the socket and not yet
         # applied them (the socket then looks empty): wait for it to finish.
         if ready or self._lock.locked() or (self._tls and sock.pending()):
@@ -292,13 +295,7 @@ class InvalidationStream:
                 if isinstance(reply, Exception):
                     raise reply
             if prefix is None:
-                fill = Wire(pool.connection_class(**pool.connection_kwargs))
-                fill.conn.connect()
-                whose, tracking = fill.exchange(fill_setup(client_id, self.name))
-                if isinstance(tracking, Exception):
-                    raise tracking
-                if not describes(whose, self.name):
-                    raise ConnectionError("the fill connection reached another server")
+                fill = self._open_lane_wire(client_id)
         except Exception as exc:
             conn.disconnect()
             if fill is not None:
@@ -310,13 +307,11 @@ class InvalidationStream:
             raise TrackingUnavailable(str(exc)) from exc
         self._warned = False
         sock.setblocking(False)
-        if fill is None:
-            poller = readiness(sock)
-        else:
-            fill_sock = sync_socket(fill.conn)
-            poller = readiness(sock, fill_sock)
-            self._fill, self._fill_fd = fill, fill_sock.fileno()
-        self._conn, self._sock, self._reader, self._poll = conn, sock, reader, poller
+        self._conn, self._sock, self._reader = conn, sock, reader
+        self._lanes, self._lane_fds = (), {}
+        self._poll = readiness(sock)
+        if fill is not None:
+            self._add_lane(fill)
         self._tls = isinstance(sock, ssl.SSLSocket)
         # Nothing to drop: when a stream breaks the cache is emptied and the epoch moves on
         # (poisoning fills in flight), and client ids are never reused, so a fill still
@@ -339,24 +334,74 @@ class InvalidationStream:
                 replies.append(reply)  # error replies come back as ReplyError instances
         return replies
 
+    def _open_lane_wire(self, client_id: int) -> Wire:
+        """A new fill connection, its tracking redirected to the stream (checked to be
+        ours, on the same server)."""
+        pool = self._pool
+        fill = Wire(pool.connection_class(**pool.connection_kwargs))
+        try:
+            fill.conn.connect()
+            whose, tracking = fill.exchange(fill_setup(client_id, self.name))
+            if isinstance(tracking, Exception):
+                raise tracking
+            if not describes(whose, self.name):
+                raise ConnectionError("the fill connection reached another server")
+        except BaseException:
+            fill.conn.disconnect()
+            raise
+        return fill
+
+    def _add_lane(self, fill: Wire) -> _Lane:
+        """Start using `fill` (holding `_lock`): lookups watch its socket too."""
+        lane = _Lane(fill)
+        lanes = (*self._lanes, lane)
+        self._lane_fds = {**self._lane_fds, lane.fd: lane}
+        self._lanes = lanes
+        self._poll = readiness(self._sock, *(each.fd for each in lanes))
+        return lane
+
     def fill(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Send a fill's reads over the fill connection, one reply each (raises
-        `TrackingUnavailable` when it fails: everything is dropped, read from Redis)."""
-        with self._fill_lock:
-            fill = self._fill
-            if fill is None:
-                raise TrackingUnavailable("the stream is not connected")
+        """Send a fill's reads over a free fill connection (opening another while fewer
+        than FILL_LANES are busy), one reply each. Raises `TrackingUnavailable` when the
+        connection is lost: everything is dropped, read from Redis."""
+        lanes = self._lanes
+        for lane in lanes:
+            if lane.lock.acquire(blocking=False):
+                return self._exchange(lane, commands)
+        if not lanes:
+            raise TrackingUnavailable("the stream is not connected")
+        lane = self._another_lane() or lanes[threading.get_ident() % len(lanes)]
+        lane.lock.acquire()
+        return self._exchange(lane, commands)
+
+    def _another_lane(self) -> _Lane | None:
+        """A new fill connection when all are busy and there are fewer than FILL_LANES (a
+        failure to open one is not the fill's failure: it waits for a busy one)."""
+        with self._lock:
+            client_id = self.client_id
+            if client_id is None or len(self._lanes) >= FILL_LANES:
+                return None
             try:
-                return fill.exchange(commands)
-            except BaseException as exc:
-                with self._lock:
-                    if self._fill is fill:
-                        self._broken(f"the fill connection failed: {exc!r}")
-                if isinstance(exc, RedisConnectionError):
-                    # Read from Redis instead (as a driver resends a read once). Not after
-                    # a timeout: that would double the caller's wait.
-                    raise TrackingUnavailable(str(exc)) from exc
-                raise
+                return self._add_lane(self._open_lane_wire(client_id))
+            except Exception as exc:
+                log.debug("local cache: no further fill connection: %s", exc)
+                return None
+
+    def _exchange(self, lane: _Lane, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """One fill on `lane`, whose lock the caller took."""
+        try:
+            return lane.wire.exchange(commands)
+        except BaseException as exc:
+            with self._lock:
+                if lane in self._lanes:
+                    self._broken(f"a fill connection failed: {exc!r}")
+            if isinstance(exc, RedisConnectionError):
+                # Read from Redis instead (as a driver resends a read once). Not after
+                # a timeout: that would double the caller's wait.
+                raise TrackingUnavailable(str(exc)) from exc
+            raise
+        finally:
+            lane.lock.release()
 
     def reset(self, why: str) -> None:
         """Start over (a fill learned the stream cannot be trusted)."""
@@ -364,11 +409,11 @@ class InvalidationStream:
             self._broken(why)
 
     def _close(self) -> None:
-        conn, fill = self._conn, self._fill
-        self._conn = self._sock = self._reader = self._poll = self._fill = None
-        self._fill_fd = -1
+        conns = [self._conn, *(lane.wire.conn for lane in self._lanes)]
+        self._conn = self._sock = self._reader = self._poll = None
+        self._lanes, self._lane_fds = (), {}
         self.client_id = None
-        for each in (conn, None if fill is None else fill.conn):
+        for each in conns:
             if each is not None:
                 with contextlib.suppress(Exception):  # already broken: nothing to release
                     each.disconnect()
@@ -379,6 +424,17 @@ class InvalidationStream:
             self._shut = True
             self._close()
             self._cache.invalidate_all()
+
+
+class _Lane:
+    """A fill connection and the lock of the one fill using it."""
+
+    __slots__ = ("fd", "lock", "wire")
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.lock = threading.Lock()
+        self.fd = sync_socket(wire.conn).fileno()
 
 
 def _closed(fill: Wire | None) -> bool:
