@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,13 +27,14 @@ from bantai.redis.local_cache import LocalCache
 from bantai.redis.round_trip import NotSent
 from bantai.redis.speedups import pack_commands
 from bantai.redis.tracking import (
+    Attempts,
+    NodeStreams,
     TrackingUnavailable,
     apply_message,
     connection_name,
     describes,
     fill_setup,
     readiness,
-    retry_after,
     setup_commands,
 )
 
@@ -100,8 +100,7 @@ class AsyncInvalidationStream:
         self._poll: Any = None
         self._opening: asyncio.Future[int] | None = None
         self._shut = False  # closed with the storage: for good
-        self._retry_at = 0.0  # after a failed connect, no new attempt before this
-        self._warned = False
+        self._attempts = Attempts()
         self.client_id: int | None = None
 
     def caught_up(self) -> bool:
@@ -135,8 +134,7 @@ class AsyncInvalidationStream:
             raise StorageClosedError("this storage was closed")
         opening = self._opening
         if opening is None:
-            if time.monotonic() < self._retry_at:
-                raise TrackingUnavailable("tracking failed a moment ago; not retried yet")
+            self._attempts.check()
             opening = self._opening = asyncio.ensure_future(self._connect())
             opening.add_done_callback(_retrieve)
         try:
@@ -178,17 +176,13 @@ class AsyncInvalidationStream:
                 await _disconnect(fill_conn)
             if not isinstance(exc, Exception):
                 raise  # cancelled: nothing to report
-            self._retry_at = time.monotonic() + retry_after(exc)
-            if not self._warned:  # once, until the cache works again
-                self._warned = True
-                log.warning("local cache unavailable, reading from Redis: %s", exc)
-            raise TrackingUnavailable(str(exc)) from exc
+            raise self._attempts.failed(exc) from exc
         if self._shut:  # the storage was closed while this connected
             transport.close()
             if fill is not None:
                 fill.close()
             raise StorageClosedError("this storage was closed")
-        self._warned = False
+        self._attempts.succeeded()
         fds = [transport.get_extra_info("socket").fileno()]
         if fill is not None:
             self._fill_fd = fill.transport.get_extra_info("socket").fileno()
@@ -243,40 +237,16 @@ class AsyncInvalidationStream:
         self.reset("the storage was closed")
 
 
-class AsyncClusterStreams:
-    """One asyncio stream per cluster node (see `tracking.ClusterStreams`)."""
+class AsyncClusterStreams(NodeStreams[AsyncInvalidationStream]):
+    """The asyncio streams of a cluster (see `tracking.NodeStreams`)."""
 
     def __init__(self, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
-        self._cache = cache
-        self._broadcast_prefix = broadcast_prefix
-        self._shut = False
-        self.streams: dict[str, AsyncInvalidationStream] = {}
+        # An asyncio `ClusterNode` has the connection class and arguments a stream needs.
+        super().__init__(lambda node: AsyncInvalidationStream(node, cache, broadcast_prefix))
 
     def caught_up(self) -> bool:
         """True when no node's stream has a message waiting."""
         return all(stream.caught_up() for stream in self.streams.values())
-
-    def for_node(self, node: Any) -> AsyncInvalidationStream:
-        """The stream of `node` (an asyncio `ClusterNode`: it has the connection class and
-        arguments), created on first use."""
-        stream = self.streams.get(node.name)
-        if stream is None:
-            if self._shut:
-                raise StorageClosedError("this storage was closed")
-            stream = AsyncInvalidationStream(node, self._cache, self._broadcast_prefix)
-            self.streams[node.name] = stream
-        return stream
-
-    def reset(self, why: str) -> None:
-        """Start every stream over."""
-        for stream in list(self.streams.values()):
-            stream.reset(why)
-
-    def close(self) -> None:
-        """Close every stream, for good."""
-        self._shut = True
-        for stream in list(self.streams.values()):
-            stream.close()
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

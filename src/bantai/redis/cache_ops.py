@@ -189,11 +189,23 @@ def consumed_keys(setup: ops.Setup[T], config: Any, key: str, now_ms: int) -> li
         return []
 
 
+def decision_keys(
+    setup: ops.Setup[T], config: Any, key: str, now_ms: int, result: Any = None
+) -> list[bytes]:
+    """The keys a rate-limit decision may write: its state key as this clock (`now_ms`)
+    names it, and once decided, as the decision (the server's clock) named it."""
+    keys = consumed_keys(setup, config, key, now_ms)
+    if result is not None:
+        keys += consumed_keys(setup, config, key, result.decided_at)
+    return keys
+
+
 __all__ = [
     "MISSING",
     "Filling",
     "cached_value",
     "consumed_keys",
+    "decision_keys",
     "fill_abandon",
     "fill_one_reply",
     "fill_one_request",

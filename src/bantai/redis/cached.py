@@ -88,22 +88,15 @@ def _sync_write(method: Callable[..., Any], extract: Callable[..., Extracted]) -
 def _sync_consume(method: Callable[..., Any]) -> Any:
     @functools.wraps(method)
     def consume(self: Any, config: Any, key: str, cost: int, now: int) -> Any:
-        # The state key: for a fixed window the window's, as this clock names it before,
-        # and as the decision (the server's clock) named it after.
         setup, cache = self._setup, self._cache
-        guessed = cache_ops.consumed_keys(setup, config, key, now or time.time_ns() // 10**6)
-        cache.invalidate(guessed)
+        now_ms = now or time.time_ns() // 10**6
+        cache.invalidate(cache_ops.decision_keys(setup, config, key, now_ms))
         result = None
         try:
             result = method(self, config, key, cost, now)
             return result
         finally:
-            decided = (
-                []
-                if result is None
-                else cache_ops.consumed_keys(setup, config, key, result.decided_at)
-            )
-            cache.invalidate(guessed + decided)
+            cache.invalidate(cache_ops.decision_keys(setup, config, key, now_ms, result))
 
     return consume
 
@@ -111,20 +104,15 @@ def _sync_consume(method: Callable[..., Any]) -> Any:
 def _async_consume(method: Callable[..., Any]) -> Any:
     @functools.wraps(method)
     async def consume(self: Any, config: Any, key: str, cost: int, now: int) -> Any:
-        setup, cache = self._setup, self._cache  # see _sync_consume
-        guessed = cache_ops.consumed_keys(setup, config, key, now or time.time_ns() // 10**6)
-        cache.invalidate(guessed)
+        setup, cache = self._setup, self._cache
+        now_ms = now or time.time_ns() // 10**6
+        cache.invalidate(cache_ops.decision_keys(setup, config, key, now_ms))
         result = None
         try:
             result = await method(self, config, key, cost, now)
             return result
         finally:
-            decided = (
-                []
-                if result is None
-                else cache_ops.consumed_keys(setup, config, key, result.decided_at)
-            )
-            cache.invalidate(guessed + decided)
+            cache.invalidate(cache_ops.decision_keys(setup, config, key, now_ms, result))
 
     return consume
 

@@ -33,8 +33,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -46,6 +46,13 @@ from bantai.redis.speedups import Wire, pack_commands
 
 log = logging.getLogger("bantai")
 
+
+class _Stream(Protocol):
+    def reset(self, why: str) -> None: ...
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Stream)
 CHANNEL = b"__redis__:invalidate"
 # At most this many fill connections per stream (blocking adapter): concurrent misses
 # beyond them wait for one.
@@ -93,10 +100,35 @@ def setup_commands(
     return commands
 
 
-def retry_after(error: BaseException) -> float:
-    """Seconds before a failed stream is tried again: a refusal (ACL, an old server) will
-    not change soon; an unreachable server may be back in a moment."""
-    return 1.0 if isinstance(error, (OSError, RedisConnectionError)) else 30.0
+class Attempts:
+    """When a stream may try to connect again, and whether its failure was reported:
+    after a failure, no attempt for 1 s (the server unreachable: it may be back in a
+    moment) or 30 s (a refusal — an ACL, an old server — will not change soon); one
+    warning until the stream works again."""
+
+    __slots__ = ("retry_at", "warned")
+
+    def __init__(self) -> None:
+        self.retry_at = 0.0
+        self.warned = False
+
+    def check(self) -> None:
+        """Raise `TrackingUnavailable` while a failed attempt is too recent."""
+        if time.monotonic() < self.retry_at:
+            raise TrackingUnavailable("tracking failed a moment ago; not retried yet")
+
+    def failed(self, error: BaseException) -> TrackingUnavailable:
+        """Record a failed attempt; the error to raise (from `error`)."""
+        unreachable = isinstance(error, (OSError, RedisConnectionError))
+        self.retry_at = time.monotonic() + (1.0 if unreachable else 30.0)
+        if not self.warned:
+            self.warned = True
+            log.warning("local cache unavailable, reading from Redis: %s", error)
+        return TrackingUnavailable(str(error))
+
+    def succeeded(self) -> None:
+        """The stream works (again)."""
+        self.warned = False
 
 
 def connection_name() -> bytes:
@@ -153,6 +185,7 @@ class InvalidationStream:
     """The blocking stream: connected lazily by the first fill, read by lookups."""
 
     __slots__ = (
+        "_attempts",
         "_broadcast_prefix",
         "_cache",
         "_conn",
@@ -162,11 +195,9 @@ class InvalidationStream:
         "_poll",
         "_pool",
         "_reader",
-        "_retry_at",
         "_shut",
         "_sock",
         "_tls",
-        "_warned",
         "client_id",
         "name",
     )
@@ -186,8 +217,7 @@ class InvalidationStream:
         self._lanes: tuple[_Lane, ...] = ()
         self._lane_fds: dict[int, _Lane] = {}
         self._shut = False  # closed with the storage: for good
-        self._retry_at = 0.0  # after a failed connect, no new attempt before this
-        self._warned = False
+        self._attempts = Attempts()
         self._broadcast_prefix = broadcast_prefix
         self._lock = threading.Lock()
         self._conn: Any = None
@@ -274,8 +304,7 @@ class InvalidationStream:
             if self._shut:
                 raise StorageClosedError("this storage was closed")
             if self.client_id is None:
-                if time.monotonic() < self._retry_at:
-                    raise TrackingUnavailable("tracking failed a moment ago; not retried yet")
+                self._attempts.check()
                 self._connect()
             assert self.client_id is not None
             return self.client_id
@@ -300,12 +329,8 @@ class InvalidationStream:
             conn.disconnect()
             if fill is not None:
                 fill.conn.disconnect()
-            self._retry_at = time.monotonic() + retry_after(exc)
-            if not self._warned:  # once, until the cache works again
-                self._warned = True
-                log.warning("local cache unavailable, reading from Redis: %s", exc)
-            raise TrackingUnavailable(str(exc)) from exc
-        self._warned = False
+            raise self._attempts.failed(exc) from exc
+        self._attempts.succeeded()
         sock.setblocking(False)
         self._conn, self._sock, self._reader = conn, sock, reader
         self._lanes, self._lane_fds = (), {}
@@ -465,28 +490,21 @@ def _closed(fill: Wire | None) -> bool:
     return True  # EOF, or bytes nobody asked for
 
 
-class ClusterStreams:
-    """One blocking stream per cluster node, created as fills reach the node. A lookup
-    catches up with all of them: an entry read from a node is invalidated by that node's
-    stream, also after its slot moved (the move deletes the key there, which is announced).
-    Any stream breaking drops the whole cache."""
+class NodeStreams(Generic[S]):
+    """One stream per cluster node, created (by `new`) as fills reach the node; both
+    flavours. An entry read from a node is invalidated by that node's stream, also after
+    its slot moved (the move deletes the key there, which is announced). Any stream
+    breaking drops the whole cache."""
 
-    __slots__ = ("_broadcast_prefix", "_cache", "_client", "_lock", "_shut", "streams")
+    __slots__ = ("_lock", "_new", "_shut", "streams")
 
-    def __init__(self, client: Any, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
-        self._client = client
-        self._cache = cache
-        self._broadcast_prefix = broadcast_prefix
+    def __init__(self, new: Callable[[Any], S]) -> None:
+        self._new = new
         self._lock = threading.Lock()
         self._shut = False
-        self.streams: dict[str, InvalidationStream] = {}
+        self.streams: dict[str, S] = {}
 
-    def catch_up(self) -> None:
-        """Apply what every node's stream has received."""
-        for stream in list(self.streams.values()):
-            stream.catch_up()
-
-    def for_node(self, node: Any) -> InvalidationStream:
+    def for_node(self, node: Any) -> S:
         """The stream of `node` (a `ClusterNode`), created on first use."""
         stream = self.streams.get(node.name)
         if stream is None:
@@ -495,9 +513,7 @@ class ClusterStreams:
                     raise StorageClosedError("this storage was closed")
                 stream = self.streams.get(node.name)
                 if stream is None:
-                    pool = self._client.get_redis_connection(node).connection_pool
-                    stream = InvalidationStream(pool, self._cache, self._broadcast_prefix)
-                    self.streams[node.name] = stream
+                    stream = self.streams[node.name] = self._new(node)
         return stream
 
     def reset(self, why: str) -> None:
@@ -513,16 +529,35 @@ class ClusterStreams:
             stream.close()
 
 
+class ClusterStreams(NodeStreams[InvalidationStream]):
+    """The blocking streams of a cluster; a lookup catches up with all of them."""
+
+    __slots__ = ()
+
+    def __init__(self, client: Any, cache: LocalCache, broadcast_prefix: bytes | None) -> None:
+        def new(node: Any) -> InvalidationStream:
+            pool = client.get_redis_connection(node).connection_pool
+            return InvalidationStream(pool, cache, broadcast_prefix)
+
+        super().__init__(new)
+
+    def catch_up(self) -> None:
+        """Apply what every node's stream has received."""
+        for stream in list(self.streams.values()):
+            stream.catch_up()
+
+
 __all__ = [
     "CHANNEL",
     "ClusterStreams",
     "InvalidationStream",
+    "NodeStreams",
     "TrackingUnavailable",
+    "Attempts",
     "apply_message",
     "connection_name",
     "describes",
     "fill_setup",
     "invalidated_keys",
-    "retry_after",
     "setup_commands",
 ]

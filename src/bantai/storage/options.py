@@ -12,6 +12,7 @@ from bantai.observe import Instrumentation
 from bantai.storage.inputs import MAX_TTL_MS
 
 OptionsT = TypeVar("OptionsT", bound="StorageOptions")
+T = TypeVar("T")
 
 # A pause between lock attempts longer than this is a mistake, not a tuning choice.
 MAX_LOCK_RETRY_MS = 60_000
@@ -26,6 +27,15 @@ def _check_ms(name: str, value: object, *, minimum: int, maximum: int = MAX_TTL_
     # exact to 2**53) compute exactly, so nothing accepted here can fail on the server.
     if value > maximum:
         raise InvalidOptionError(f"{name} must be <= {maximum} ms, got {value}")
+
+
+def _from_mapping(cls: type[T], values: Mapping[str, Any], what: str) -> T:
+    """`cls(**values)`, refusing names that are not its fields (naming the valid ones)."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidOptionError(f"unknown {what}(s) {unknown}; valid options are {sorted(known)}")
+    return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +111,7 @@ class StorageOptions:
             raise InvalidOptionError(
                 f"options must be a mapping or {cls.__name__}, not {type(options).__name__}"
             )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InvalidOptionError(
-                f"unknown option(s) {unknown}; valid options are {sorted(known)}"
-            )
-        return cls(**options)
+        return _from_mapping(cls, options, "option")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,13 +164,7 @@ class LocalCacheOptions:
                 "local_cache must be a mapping (max_entries, max_ttl_ms, broadcast), True, "
                 f"or None, not {type(value).__name__}"
             )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise InvalidOptionError(
-                f"unknown local_cache option(s) {unknown}; valid options are {sorted(known)}"
-            )
-        return cls(**value)
+        return _from_mapping(cls, value, "local_cache option")
 
 
 @dataclass(frozen=True, slots=True)
